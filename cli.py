@@ -1,0 +1,124 @@
+"""Command-line plumbing shared by the scripts: real booleans, one-line errors, devices, seeds.
+
+The original declared its switches with ``type=bool``, so ``--future_frame False`` meant
+True. Here every switch accepts ``--flag``, ``--no-flag`` and ``--flag 0|1|true|false``,
+and anything else is rejected by argparse with the flag's name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+
+_TRUE = {"1", "true", "t", "yes", "y", "on"}
+_FALSE = {"0", "false", "f", "no", "n", "off"}
+
+
+class CLIError(Exception):
+    """A problem the user can fix (a bad flag, a missing or corrupt file, ...).
+
+    ``run_cli`` prints it as one ``error: ...`` line and exits with status 2.
+    """
+
+
+def str2bool(value: str | bool) -> bool:
+    """Parse a command-line boolean; raises ``argparse.ArgumentTypeError`` otherwise."""
+    if isinstance(value, bool):
+        return value
+    text = value.strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean (1/0, true/false, yes/no), got {value!r}")
+
+
+def add_bool_flag(
+    parser: argparse.ArgumentParser, *flags: str, default: bool, help: str
+) -> None:
+    """Add a switch usable as ``--name``, ``--no-name`` or ``--name 0|1|true|false``.
+
+    Args:
+        parser: the parser to extend.
+        flags: option strings, e.g. ``"-r", "--residual"``; the last long one names it.
+        default: value when the flag is absent.
+        help: what the switch does; the default and the accepted forms are appended.
+    """
+    long_name = [f for f in flags if f.startswith("--")][-1][2:]
+    parser.add_argument(
+        *flags,
+        dest=long_name,
+        nargs="?",
+        const=True,
+        default=default,
+        type=str2bool,
+        metavar="BOOL",
+        help=f"{help} (default: {default}; also --no-{long_name}, or --{long_name} 0/1)",
+    )
+    parser.add_argument(f"--no-{long_name}", dest=long_name, action="store_false",
+                        help=argparse.SUPPRESS)
+
+
+def run_cli(main: Callable[[Sequence[str] | None], int | None],
+            argv: Sequence[str] | None = None) -> None:
+    """Run a script's ``main`` and turn failures into one readable line and a non-zero exit.
+
+    ``CLIError`` (bad input) exits 2; an unexpected exception exits 1 with a one-line
+    summary, or with the full traceback when ``-d``/``--debug`` is on the command line.
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "-d" in args or "--debug" in args or os.environ.get("ISB_DEBUG") == "1"
+    try:
+        code = main(args)
+    except CLIError as err:
+        print(f"error: {_one_line(err)}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as err:  # noqa: BLE001 - the last line of defence for a CLI
+        if debug:
+            traceback.print_exc()
+        else:
+            print(f"error: {type(err).__name__}: {err} (rerun with --debug for the traceback)",
+                  file=sys.stderr)
+        sys.exit(1)
+    sys.exit(code or 0)
+
+
+def _one_line(err: Exception) -> str:
+    """The user's message, also when a DataLoader worker wrapped it in its traceback text."""
+    text = str(err).strip()
+    if "Original Traceback" in text:
+        last = text.splitlines()[-1]
+        prefix = f"{type(err).__module__}.{type(err).__name__}: "
+        text = last[len(prefix):] if last.startswith(prefix) else last.split(": ", 1)[-1]
+    return text
+
+
+def select_device(gpu_mode: bool, gpus: int = 1) -> torch.device:
+    """CUDA when asked for and present; otherwise the CPU, with a one-line notice.
+
+    The original crashed with ``--gpu_mode`` on a machine without CUDA.
+    """
+    if gpu_mode and torch.cuda.is_available():
+        if gpus > torch.cuda.device_count():
+            raise CLIError(f"--gpus {gpus}: only {torch.cuda.device_count()} CUDA device(s) found")
+        return torch.device("cuda")
+    if gpu_mode:
+        print("note: no CUDA device found, running on the CPU", file=sys.stderr)
+    return torch.device("cpu")
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices); the original parsed --seed but never used it."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)

@@ -1,0 +1,102 @@
+import argparse
+import subprocess
+import sys
+
+import pytest
+
+from cli import CLIError, add_bool_flag, run_cli, str2bool
+from tests.conftest import ROOT
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser()
+    add_bool_flag(parser, "--future_frame", default=True, help="use future frames")
+    add_bool_flag(parser, "-r", "--residual", default=False, help="residual learning")
+    return parser
+
+
+@pytest.mark.parametrize("argv, future, residual", [
+    ([], True, False),
+    (["--future_frame", "False"], False, False),
+    (["--future_frame", "0"], False, False),
+    (["--no-future_frame"], False, False),
+    (["--future_frame"], True, False),
+    (["-r"], True, True),
+    (["--residual", "yes"], True, True),
+    (["--no-residual", "--future_frame", "off"], False, False),
+])
+def test_bool_flags_can_be_switched_both_ways(argv, future, residual):
+    args = make_parser().parse_args(argv)
+    assert args.future_frame is future
+    assert args.residual is residual
+
+
+def test_bool_flag_rejects_garbage(capsys):
+    with pytest.raises(SystemExit) as exc:
+        make_parser().parse_args(["--future_frame", "maybe"])
+    assert exc.value.code == 2
+    assert "--future_frame" in capsys.readouterr().err
+
+
+def test_str2bool_values():
+    assert str2bool("TRUE") is True and str2bool("n") is False
+    with pytest.raises(argparse.ArgumentTypeError):
+        str2bool("2")
+
+
+def test_run_cli_turns_errors_into_one_line(capsys):
+    def main(argv):
+        raise CLIError("--model weights/missing.pth: no such file")
+
+    with pytest.raises(SystemExit) as exc:
+        run_cli(main, [])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.strip() == "error: --model weights/missing.pth: no such file"
+
+
+def test_run_cli_unexpected_error_is_one_line_without_debug(capsys):
+    def main(argv):
+        raise RuntimeError("boom")
+
+    with pytest.raises(SystemExit) as exc:
+        run_cli(main, [])
+    assert exc.value.code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "RuntimeError: boom" in err[0]
+
+
+def test_run_cli_exit_code_passes_through():
+    with pytest.raises(SystemExit) as exc:
+        run_cli(lambda argv: 3, [])
+    assert exc.value.code == 3
+
+
+def test_run_cli_debug_shows_traceback():
+    code = (f"import sys; sys.path.insert(0, {str(ROOT)!r})\n"
+            "from cli import run_cli\n"
+            "def main(argv):\n    raise RuntimeError('boom')\n"
+            "run_cli(main)\n")
+    proc = subprocess.run([sys.executable, "-c", code, "--debug"], capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert "Traceback" in proc.stderr and "RuntimeError: boom" in proc.stderr
+
+
+def test_error_raised_in_a_dataloader_worker_stays_one_line(capsys):
+    import torch.utils.data
+
+    class Broken(torch.utils.data.Dataset):
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, i):
+            raise CLIError(f"frame 00{i}.png: cannot identify image file")
+
+    def main(argv):
+        for _ in torch.utils.data.DataLoader(Broken(), num_workers=1):
+            pass
+
+    with pytest.raises(SystemExit) as exc:
+        run_cli(main, [])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err == "error: frame 000.png: cannot identify image file\n"

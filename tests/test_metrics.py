@@ -1,0 +1,80 @@
+import numpy as np
+import pytest
+import torch
+from scipy.signal import convolve2d
+from skimage.metrics import peak_signal_noise_ratio
+
+from metrics import psnr, rgb_to_y, score, ssim, to_uint8
+
+
+def test_psnr_hand_computed():
+    hr = np.full((8, 8, 3), 100, np.uint8)
+    sr = np.full((8, 8, 3), 110, np.uint8)
+    # RGB: every pixel off by 10 -> MSE 100.
+    assert psnr(sr, hr, channel="rgb") == pytest.approx(10 * np.log10(255**2 / 100))
+    # Y: off by 10 * (65.481 + 128.553 + 24.966) / 255 = 10 * 219 / 255.
+    dy = 10 * 219 / 255
+    assert psnr(sr, hr, channel="y") == pytest.approx(10 * np.log10(255**2 / dy**2))
+    assert psnr(hr, hr) == float("inf")
+
+
+def test_psnr_matches_skimage_and_crops():
+    rng = np.random.default_rng(0)
+    hr = rng.integers(0, 256, (40, 36, 3), dtype=np.uint8)
+    sr = np.clip(hr.astype(int) + rng.integers(-20, 21, hr.shape), 0, 255).astype(np.uint8)
+    sr[:4] = 0  # damage only the border that crop=4 removes
+    expected = peak_signal_noise_ratio(hr[4:-4, 4:-4], sr[4:-4, 4:-4], data_range=255)
+    assert psnr(sr, hr, crop=4, channel="rgb") == pytest.approx(expected)
+    assert psnr(sr, hr, crop=0, channel="rgb") < expected
+
+
+def test_y_is_bt601_studio_range():
+    assert rgb_to_y(np.zeros((1, 1, 3), np.uint8))[0, 0] == pytest.approx(16.0)
+    assert rgb_to_y(np.full((1, 1, 3), 255, np.uint8))[0, 0] == pytest.approx(235.0)
+
+
+def hand_ssim(a: np.ndarray, b: np.ndarray) -> float:
+    """Wang et al. 2004 with an 11x11 Gaussian (sigma 1.5), valid region, peak 255."""
+    g = np.exp(-((np.arange(11) - 5) ** 2) / (2 * 1.5**2))
+    w = np.outer(g, g) / np.outer(g, g).sum()
+
+    def f(x):
+        return convolve2d(x, w[::-1, ::-1], mode="valid")
+
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    mu_a, mu_b = f(a), f(b)
+    var_a = f(a * a) - mu_a**2
+    var_b = f(b * b) - mu_b**2
+    cov = f(a * b) - mu_a * mu_b
+    num = (2 * mu_a * mu_b + c1) * (2 * cov + c2)
+    s = num / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
+    return float(s.mean())
+
+
+def test_ssim_matches_hand_computation():
+    rng = np.random.default_rng(1)
+    hr = rng.integers(0, 256, (32, 30, 3), dtype=np.uint8)
+    sr = np.clip(hr.astype(int) + rng.integers(-30, 31, hr.shape), 0, 255).astype(np.uint8)
+    expected_y = hand_ssim(rgb_to_y(sr), rgb_to_y(hr))
+    assert ssim(sr, hr, channel="y") == pytest.approx(expected_y, abs=1e-6)
+    per_channel = [hand_ssim(sr[..., c].astype(float), hr[..., c].astype(float)) for c in range(3)]
+    assert ssim(sr, hr, channel="rgb") == pytest.approx(np.mean(per_channel), abs=1e-6)
+    assert ssim(hr, hr) == pytest.approx(1.0)
+
+
+def test_float_and_tensor_inputs_are_quantised_like_saved_pngs():
+    rng = np.random.default_rng(2)
+    img = rng.random((16, 16, 3))
+    as_tensor = torch.from_numpy(img).permute(2, 0, 1).float()
+    np.testing.assert_array_equal(to_uint8(img), np.round(img * 255).astype(np.uint8))
+    np.testing.assert_array_equal(to_uint8(as_tensor), to_uint8(img.astype(np.float32)))
+    over = to_uint8(np.full((2, 2, 3), 1.7))
+    assert over.max() == 255  # unclamped output (the original scored it raw) is clamped
+
+
+def test_score_keys_and_size_check():
+    hr = np.zeros((24, 24, 3), np.uint8)
+    result = score(hr + 1, hr, crop=4)
+    assert set(result) == {"psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb"}
+    with pytest.raises(ValueError, match="sizes differ"):
+        psnr(np.zeros((8, 8, 3), np.uint8), hr)
