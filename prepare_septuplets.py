@@ -1,0 +1,182 @@
+"""Cut videos into Vimeo-90K-style septuplets for training on your own footage.
+
+    python prepare_septuplets.py clip.mp4 other.avi --output my_septuplets --test_fraction 0.1
+
+Writes ``<output>/sequences/<clip>/<NNNN>/im1.png..im7.png`` (default 448x256, like Vimeo-90K)
+and ``sep_trainlist.txt`` (plus ``sep_testlist.txt`` with ``--test_fraction``), so training runs
+with ``--data_dir <output>/sequences --file_list sep_trainlist.txt``. Each frame is scaled down
+until it just covers the requested size, then cropped (centre, or random crops, the same box for
+the seven frames of a window). Windows that span a scene cut are skipped. The result depends
+only on the inputs and ``--seed``. Vid4 is the standard test set: do not train on it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import re
+from collections.abc import Iterator, Sequence
+
+import av
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+import cli
+
+FRAMES = 7
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    match = re.fullmatch(r"(\d+)x(\d+)", text.strip())
+    if not match or min(int(match[1]), int(match[2])) < 1:
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT such as 448x256, got {text!r}")
+    return int(match[1]), int(match[2])
+
+
+def sampled_frames(path: str, size: tuple[int, int], stride: int) -> Iterator[Image.Image]:
+    """Every ``stride``-th frame of a video, scaled down so that it just covers ``size``."""
+    try:
+        container = av.open(path)
+    except (av.error.FFmpegError, OSError) as err:
+        raise cli.CLIError(f"{path}: cannot open the video ({err})") from None
+    with container:
+        if not container.streams.video:
+            raise cli.CLIError(f"{path}: no video stream")
+        stream = container.streams.video[0]
+        try:
+            decoded = tqdm(container.decode(stream), total=stream.frames or None,
+                           desc=os.path.basename(path), unit="frame")
+            for index, frame in enumerate(decoded):
+                if index % stride:
+                    continue
+                image = frame.to_image()
+                factor = max(size[0] / image.width, size[1] / image.height)
+                if factor > 1:
+                    raise cli.CLIError(f"{path}: frames are {image.width}x{image.height}, smaller "
+                                       f"than --size {size[0]}x{size[1]}")
+                scaled = (max(size[0], round(image.width * factor)),
+                          max(size[1], round(image.height * factor)))
+                yield image.resize(scaled, Image.LANCZOS) if scaled != image.size else image
+        except av.error.FFmpegError as err:
+            raise cli.CLIError(f"{path}: cannot decode the video ({err})") from None
+
+
+def cut_score(a: Image.Image, b: Image.Image) -> float:
+    """Mean absolute difference of small grey thumbnails, in [0, 1]; large at a scene cut."""
+    small = [np.asarray(x.convert("L").resize((32, 18), Image.BILINEAR), np.float64)
+             for x in (a, b)]
+    return float(np.abs(small[0] - small[1]).mean() / 255.0)
+
+
+def windows(frames: Iterator[Image.Image], step: int, cut: float) -> Iterator[list[Image.Image]]:
+    """Windows of seven consecutive sampled frames, starting every ``step`` frames, without a
+    scene cut inside (``cut`` = 0 turns the check off)."""
+    buffer: list[tuple[Image.Image, bool]] = []  # (frame, a cut lies just before it)
+    for index, frame in enumerate(frames):
+        is_cut = bool(buffer) and cut > 0 and cut_score(buffer[-1][0], frame) > cut
+        buffer = [*buffer[-(FRAMES - 1):], (frame, is_cut)]
+        start = index - (FRAMES - 1)
+        if start >= 0 and start % step == 0 and not any(c for _, c in buffer[1:]):
+            yield [f for f, _ in buffer]
+
+
+def crop_boxes(frame_size: tuple[int, int], size: tuple[int, int], mode: str, count: int,
+               rng: random.Random) -> list[tuple[int, int, int, int]]:
+    width, height = frame_size
+    if mode == "centre":
+        left, top = (width - size[0]) // 2, (height - size[1]) // 2
+        return [(left, top, left + size[0], top + size[1])]
+    boxes = []
+    for _ in range(count):
+        left, top = rng.randint(0, width - size[0]), rng.randint(0, height - size[1])
+        boxes.append((left, top, left + size[0], top + size[1]))
+    return boxes
+
+
+def clip_name(path: str, taken: set[str]) -> str:
+    base = re.sub(r"[^A-Za-z0-9_-]+", "_", os.path.splitext(os.path.basename(path))[0]) or "clip"
+    name, n = base, 2
+    while name in taken:
+        name, n = f"{base}_{n}", n + 1
+    taken.add(name)
+    return name
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("videos", nargs="+", help="video files (anything PyAV/FFmpeg reads)")
+    parser.add_argument("--output", required=True, help="output folder (created)")
+    parser.add_argument("--size", type=parse_size, default=(448, 256),
+                        help="septuplet frame size WIDTHxHEIGHT (default: 448x256, as Vimeo-90K)")
+    parser.add_argument("--crop", choices=("centre", "random"), default="centre",
+                        help="crop position in the scaled frame (default: centre)")
+    parser.add_argument("--crops", type=int, default=1,
+                        help="random crops per window (--crop random; default: 1)")
+    parser.add_argument("--frame_stride", type=int, default=1,
+                        help="use every N-th frame of the video (default: 1)")
+    parser.add_argument("--window_step", type=int, default=FRAMES,
+                        help="sampled frames between window starts (default: 7, no overlap)")
+    parser.add_argument("--scene_cut", type=float, default=0.1,
+                        help="skip windows where consecutive frames differ by more than this "
+                             "mean absolute grey difference in [0, 1] (0: off; default: 0.1)")
+    parser.add_argument("--max_septuplets", type=int, default=0,
+                        help="stop after this many septuplets in all (0: no limit)")
+    parser.add_argument("--test_fraction", type=float, default=0.0,
+                        help="the last fraction of each clip's septuplets goes to "
+                             "sep_testlist.txt instead of sep_trainlist.txt (default: 0)")
+    parser.add_argument("--seed", type=int, default=123, help="random crops (default: 123)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    for flag in ("crops", "frame_stride", "window_step"):
+        if getattr(args, flag) < 1:
+            raise cli.CLIError(f"--{flag} {getattr(args, flag)}: must be at least 1")
+    if args.crop == "centre" and args.crops != 1:
+        raise cli.CLIError("--crops > 1 needs --crop random")
+    if not 0 <= args.test_fraction < 1 or args.max_septuplets < 0 or args.scene_cut < 0:
+        raise cli.CLIError("--test_fraction must be in [0, 1); --max_septuplets, --scene_cut >= 0")
+    for video in args.videos:
+        if not os.path.isfile(video):
+            raise cli.CLIError(f"{video}: video file not found")
+    sequences = os.path.join(args.output, "sequences")
+    rng, taken, total = random.Random(args.seed), set(), 0
+    train, test = [], []
+    for video in args.videos:
+        clip = clip_name(video, taken)
+        if os.path.exists(os.path.join(sequences, clip)):
+            raise cli.CLIError(f"{os.path.join(sequences, clip)}: exists; choose a new --output")
+        names = []
+        for window in windows(sampled_frames(video, args.size, args.frame_stride),
+                              args.window_step, args.scene_cut):
+            for box in crop_boxes(window[0].size, args.size, args.crop, args.crops, rng):
+                if args.max_septuplets and total >= args.max_septuplets:
+                    break
+                name = f"{clip}/{len(names) + 1:04d}"
+                folder = os.path.join(sequences, name)
+                os.makedirs(folder)
+                for i, frame in enumerate(window, 1):
+                    frame.crop(box).save(os.path.join(folder, f"im{i}.png"))
+                names.append(name)
+                total += 1
+            if args.max_septuplets and total >= args.max_septuplets:
+                break
+        held = int(round(len(names) * args.test_fraction))
+        train += names[:len(names) - held]
+        test += names[len(names) - held:]
+    if not total:
+        raise cli.CLIError("no septuplet was written: the videos are shorter than "
+                           f"{FRAMES} sampled frames or every window spans a scene cut")
+    for file_name, entries in (("sep_trainlist.txt", train), ("sep_testlist.txt", test)):
+        if entries or file_name == "sep_trainlist.txt":
+            with open(os.path.join(args.output, file_name), "w", encoding="utf-8") as handle:
+                handle.writelines(f"{e}\n" for e in entries)
+    print(f"{args.output}: {len(train)} training and {len(test)} test septuplets")
+    return 0
+
+
+if __name__ == "__main__":
+    cli.run_cli(main)

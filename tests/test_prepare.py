@@ -1,0 +1,104 @@
+"""prepare_septuplets.py on a tiny lossless video made here with PyAV."""
+
+from __future__ import annotations
+
+import os
+
+import av
+import numpy as np
+import pytest
+from PIL import Image
+
+import prepare_septuplets
+from cli import run_cli
+
+CUT = 20  # the scene changes between frames 19 and 20
+FRAMES = 40
+
+
+def source_frames() -> list[np.ndarray]:
+    """Frame k: texture A (B after the cut) moved k pixels right, 100x60."""
+    rng = np.random.default_rng(0)
+    textures = []
+    for _ in range(2):
+        small = rng.integers(0, 256, (20, 40, 3), dtype=np.uint8)
+        textures.append(np.asarray(Image.fromarray(small).resize((160, 80), Image.BICUBIC)))
+    return [textures[k >= CUT][10:70, 40 - k:140 - k] for k in range(FRAMES)]
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory) -> str:
+    path = str(tmp_path_factory.mktemp("video") / "tiny clip.mov")
+    with av.open(path, "w") as container:
+        stream = container.add_stream("png", rate=25)  # lossless: decoded frames are exact
+        stream.width, stream.height, stream.pix_fmt = 100, 60, "rgb24"
+        for frame in source_frames():
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+    return path
+
+
+def prepare(*argv: str) -> int:
+    with pytest.raises(SystemExit) as info:
+        run_cli(prepare_septuplets.main, list(argv))
+    return info.value.code
+
+
+def expected(k: int, box: tuple[int, int, int, int]) -> np.ndarray:
+    """Frame k scaled to cover 48x32 (100x60 -> 53x32) and cropped."""
+    image = Image.fromarray(source_frames()[k]).resize((53, 32), Image.LANCZOS)
+    return np.asarray(image.crop(box))
+
+
+def read(out, name: str, i: int) -> np.ndarray:
+    return np.asarray(Image.open(out / "sequences" / name / f"im{i}.png"))
+
+
+def test_windows_skip_the_scene_cut_and_hold_out_the_end(video, tmp_path):
+    out = tmp_path / "out"
+    assert prepare(video, "--output", str(out), "--size", "48x32", "--test_fraction", "0.25") == 0
+    # windows start at 0, 7, 14, 21, 28; the one at 14 spans the cut
+    assert (out / "sep_trainlist.txt").read_text().split() == [
+        "tiny_clip/0001", "tiny_clip/0002", "tiny_clip/0003"]
+    assert (out / "sep_testlist.txt").read_text().split() == ["tiny_clip/0004"]
+    centre = (2, 0, 50, 32)
+    for name, start in [("tiny_clip/0001", 0), ("tiny_clip/0003", 21), ("tiny_clip/0004", 28)]:
+        for i in range(1, 8):
+            np.testing.assert_array_equal(read(out, name, i), expected(start + i - 1, centre))
+
+
+def test_stride_step_and_limit(video, tmp_path):
+    out = tmp_path / "out"
+    assert prepare(video, "--output", str(out), "--size", "48x32", "--frame_stride", "2",
+                   "--window_step", "3", "--scene_cut", "0", "--max_septuplets", "4") == 0
+    names = (out / "sep_trainlist.txt").read_text().split()
+    assert len(names) == 4 and not (out / "sep_testlist.txt").exists()
+    # sampled frames 0, 2, 4, ...; the 2nd window starts at the 3rd sampled frame (frame 6)
+    for i in range(1, 8):
+        np.testing.assert_array_equal(read(out, names[1], i), expected(6 + 2 * (i - 1),
+                                                                       (2, 0, 50, 32)))
+
+
+def test_random_crops_are_deterministic_given_the_seed(video, tmp_path):
+    runs = {}
+    for label, seed in [("a", "7"), ("b", "7"), ("c", "8")]:
+        out = tmp_path / label
+        assert prepare(video, "--output", str(out), "--size", "24x24", "--crop", "random",
+                       "--crops", "3", "--seed", seed, "--max_septuplets", "6") == 0
+        runs[label] = [read(out, f"tiny_clip/{n:04d}", 1) for n in range(1, 7)]
+    assert all(np.array_equal(x, y) for x, y in zip(runs["a"], runs["b"], strict=True))
+    assert not all(np.array_equal(x, y) for x, y in zip(runs["a"], runs["c"], strict=True))
+
+
+def test_bad_inputs_give_one_line_errors(video, tmp_path, capsys):
+    assert prepare(video, "--output", str(tmp_path / "o"), "--size", "200x100") == 2
+    assert "frames are 100x60, smaller than --size 200x100" in capsys.readouterr().err
+    assert prepare(str(tmp_path / "none.mp4"), "--output", str(tmp_path / "o")) == 2
+    assert "none.mp4: video file not found" in capsys.readouterr().err
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(b"not a video")
+    assert prepare(str(junk), "--output", str(tmp_path / "o")) == 2
+    assert "junk.mp4: cannot open the video" in capsys.readouterr().err
+    assert prepare(video, "--output", str(tmp_path / "o"), "--crops", "2") == 2
+    assert "--crops > 1 needs --crop random" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "o" / "sep_trainlist.txt")
