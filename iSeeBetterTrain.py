@@ -1,0 +1,556 @@
+"""Train iSeeBetter: an RBPN generator against an SRGAN discriminator (Chadha et al., CVM 2020).
+
+The paper's recipe fine-tunes a pretrained RBPN with the four-fold loss
+(MSE + 0.006 VGG + 0.001 adversarial + 2e-8 TV):
+
+    python iSeeBetterTrain.py --pretrained --pretrained_sr RBPN_4x.pth --nEpochs 4
+    python iSeeBetterTrain.py --loss l1 --no-gan              # PSNR-only training, no discriminator
+    torchrun --nproc_per_node 2 iSeeBetterTrain.py ...        # DistributedDataParallel
+    python iSeeBetterTrain.py --resume                        # continue a stopped run exactly
+
+Each iteration takes one discriminator step on 1 - D(real) + D(fake.detach()), then one
+generator step on the generator loss with a fresh D(fake). See docs/notes/train.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import math
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+import checkpoint
+import cli
+import data
+import loss
+import metrics
+import rbpn
+from SRGAN.model import Discriminator
+from training import (
+    EpochSampler,
+    GANTrainer,
+    GracefulStop,
+    NonFiniteLossError,
+    RunningStats,
+    SeededSamples,
+    TrainLog,
+    check_finite_weights,
+    evenly_spaced,
+    rng_state,
+    set_rng_state,
+    unwrap,
+    weights_of,
+)
+
+# Flags that fix the shape of the saved weights or the meaning of a mid-epoch position.
+_RESUME_MUST_MATCH = ("upscale_factor", "nFrames", "base_filter", "feat", "n_resblock", "gan")
+_RESUME_MID_EPOCH_MUST_MATCH = ("batchSize", "world_size")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description="Train iSeeBetter (RBPN generator + SRGAN discriminator) for video SR.",
+        epilog="Booleans accept --flag, --no-flag or --flag 0/1/true/false. "
+               "Multi-process: torchrun --nproc_per_node N iSeeBetterTrain.py ...")
+    add_bool = cli.add_bool_flag
+
+    g = p.add_argument_group("data")
+    g.add_argument("--data_dir", default="./vimeo_septuplet/sequences",
+                   help="training frames (default: %(default)s)")
+    g.add_argument("--file_list", default="sep_trainlist.txt",
+                   help="list of training samples, relative to --data_dir (default: %(default)s)")
+    add_bool(g, "--other_dataset", default=False,
+             help="the list names frames (Vid4/SPMCS layout) instead of Vimeo-90K septuplets")
+    add_bool(g, "--future_frame", default=True,
+             help="use neighbours after the target frame as well as before it")
+    g.add_argument("--nFrames", type=int, default=7,
+                   help="frames per sample, the target included (default: %(default)s)")
+    g.add_argument("--patch_size", type=int, default=64,
+                   help="LR training patch size in pixels, 0 = whole frames (default: %(default)s)")
+    add_bool(g, "--data_augmentation", default=True,
+             help="random flips and 180-degree rotations of the training patches")
+    g.add_argument("--upscale_factor", type=int, default=4, choices=(2, 4, 8),
+                   help="super-resolution scale (default: %(default)s)")
+    g.add_argument("--flow_cache", metavar="DIR", default=None,
+                   help="cache the optical flows of whole frames in DIR (default: off)")
+    add_bool(g, "--skip_bad_samples", default=False,
+             help="skip unreadable samples with a warning instead of stopping")
+    g.add_argument("--val_data_dir", default=None,
+                   help="frames of the validation list (default: --data_dir)")
+    g.add_argument("--val_file_list", default=None,
+                   help="held-out list validated after every epoch on whole frames; 'none' turns "
+                        "validation off (default: sep_testlist.txt beside the training list, "
+                        "when it exists)")
+    g.add_argument("--val_max_samples", type=int, default=64,
+                   help="validate on at most this many samples, evenly spaced over the list, "
+                        "0 = all (default: %(default)s)")
+    g.add_argument("--threads", type=int, default=8,
+                   help="data loader worker processes, 0 = load in the main process "
+                        "(default: %(default)s)")
+
+    g = p.add_argument_group("model")
+    g.add_argument("--model_type", default="RBPN", choices=("RBPN",),
+                   help="generator architecture (default: %(default)s)")
+    add_bool(g, "-r", "--residual", default=False,
+             help="the generator predicts the residual over the bicubic upsampling")
+    g.add_argument("--base_filter", type=int, default=256,
+                   help="RBPN LR feature channels (default: %(default)s, the paper's)")
+    g.add_argument("--feat", type=int, default=64,
+                   help="RBPN HR feature channels (default: %(default)s, the paper's)")
+    g.add_argument("--n_resblock", type=int, default=5,
+                   help="residual blocks per RBPN stack (default: %(default)s, the paper's)")
+    g.add_argument("--init", default="stable", choices=("stable", "kaiming"),
+                   help="generator initialisation: 'kaiming' is the original's, whose untrained "
+                        "output is ~1e8; 'stable' scales the residual branches so training from "
+                        "scratch works (default: %(default)s)")
+    add_bool(g, "--pretrained", default=False,
+             help="start the generator from --pretrained_sr (the paper fine-tunes RBPN_4x.pth)")
+    g.add_argument("--pretrained_sr", default="RBPN_4x.pth",
+                   help="generator weights for --pretrained: a path, or a name in --save_folder "
+                        "(default: %(default)s)")
+
+    g = p.add_argument_group("training")
+    g.add_argument("--batchSize", type=int, default=2,
+                   help="training batch size per process (default: %(default)s)")
+    g.add_argument("--nEpochs", type=int, default=150,
+                   help="number of epochs to train for (default: %(default)s)")
+    g.add_argument("--start_epoch", type=int, default=1,
+                   help="first epoch's number when continuing from weights without --resume; "
+                        "the learning rate schedule starts there (default: %(default)s)")
+    g.add_argument("--lr", type=float, default=1e-4,
+                   help="Adam learning rate of G and D (default: %(default)s)")
+    g.add_argument("--lr_step", type=int, default=None,
+                   help="divide both learning rates by 10 every this many epochs, 0 = never "
+                        "(default: half of --nEpochs)")
+    g.add_argument("--seed", type=int, default=123,
+                   help="seed of Python, NumPy, torch, the sample order and the augmentation "
+                        "(default: %(default)s)")
+    g.add_argument("--max_iters", type=int, default=0,
+                   help="stop after this many iterations in total, saving the state "
+                        "(default: 0 = run all epochs)")
+    g.add_argument("--loss", default=None, choices=("fourfold", "l1", "mse"),
+                   help="generator loss: the paper's four-fold MSE + VGG + adversarial + TV, or "
+                        "the original code's default l1, or mse (default: fourfold)")
+    add_bool(g, "--APITLoss", default=False,
+             help="the original's name for --loss fourfold")
+    add_bool(g, "--gan", default=True,
+             help="train the discriminator; --no-gan trains the generator alone with "
+                  "--loss l1 or mse (fast PSNR pre-training)")
+    g.add_argument("--vgg_weights", default=None,
+                   help="torchvision's vgg16-397923af.pth for the perceptual loss (default: "
+                        "searched in weights/ and the torch hub cache)")
+    add_bool(g, "--random_vgg", default=False,
+             help="use a randomly initialised VGG16 (no ImageNet weights; for tests only)")
+    add_bool(g, "--imagenet_norm", default=False,
+             help="normalise VGG inputs with ImageNet statistics (the original did not)")
+    g.add_argument("--nan_policy", default="stop", choices=("stop", "skip"),
+                   help="on a NaN/Inf loss: save the state and stop, or skip that step "
+                        "(default: %(default)s)")
+
+    g = p.add_argument_group("checkpoints and logs")
+    g.add_argument("--save_folder", default="weights/",
+                   help="where checkpoints go (default: %(default)s)")
+    g.add_argument("--prefix", default="",
+                   help="prepended to every checkpoint and statistics file name (default: none)")
+    g.add_argument("--snapshots", type=int, default=1,
+                   help="write netG/netD_epoch_<scale>_<epoch>.pth every this many epochs, and "
+                        "after the last (default: %(default)s)")
+    g.add_argument("--save_every_iters", type=int, default=0,
+                   help="also save the training state every this many iterations, for resuming "
+                        "mid-epoch (default: 0 = at the end of each epoch only)")
+    g.add_argument("--resume", nargs="?", const="", default=None, metavar="PATH",
+                   help="continue from a training state (default PATH: "
+                        "<save_folder>/<prefix>train_state.pth)")
+    g.add_argument("--statistics_dir", default=None,
+                   help="where the CSV, the plot and TensorBoard logs go "
+                        "(default: <save_folder>/statistics)")
+    add_bool(g, "--tensorboard", default=True,
+             help="also log to TensorBoard when the tensorboard package is installed")
+
+    g = p.add_argument_group("devices")
+    add_bool(g, "--gpu_mode", default=True,
+             help="use CUDA when present (the CPU otherwise, with a notice)")
+    g.add_argument("--gpus", type=int, default=8,
+                   help="at most this many GPUs for --useDataParallel (default: %(default)s)")
+    add_bool(g, "--useDataParallel", default=False,
+             help="split each batch over the GPUs with nn.DataParallel (torchrun is faster)")
+    g.add_argument("--amp", default="none", choices=("none", "bf16", "fp16"),
+                   help="mixed precision; fp16 needs CUDA and uses a gradient scaler "
+                        "(default: %(default)s)")
+    add_bool(g, "--channels_last", default=False,
+             help="NHWC memory format (faster convolutions on recent GPUs)")
+    add_bool(g, "-v", "--debug", default=False,
+             help="full tracebacks on errors and one line of statistics per iteration")
+    return p
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    args = build_parser().parse_args(argv)
+    if args.APITLoss:
+        if args.loss not in (None, "fourfold"):
+            raise cli.CLIError(f"--APITLoss selects the four-fold loss; it contradicts "
+                               f"--loss {args.loss}")
+        args.loss = "fourfold"
+    args.loss = args.loss or "fourfold"
+    if not args.gan and args.loss == "fourfold":
+        raise cli.CLIError("--no-gan needs --loss l1 or --loss mse (the four-fold loss has an "
+                           "adversarial term)")
+    for name, low in (("batchSize", 1), ("nEpochs", 1), ("start_epoch", 1), ("nFrames", 2),
+                      ("patch_size", 0), ("threads", 0), ("snapshots", 1), ("seed", 0),
+                      ("save_every_iters", 0), ("max_iters", 0), ("val_max_samples", 0),
+                      ("base_filter", 1), ("feat", 1), ("n_resblock", 1), ("gpus", 1)):
+        if getattr(args, name) < low:
+            raise cli.CLIError(f"--{name} must be at least {low}, got {getattr(args, name)}")
+    if args.start_epoch > args.nEpochs:
+        raise cli.CLIError(f"--start_epoch {args.start_epoch} is after --nEpochs {args.nEpochs}")
+    if not (args.lr > 0 and math.isfinite(args.lr)):
+        raise cli.CLIError(f"--lr must be a positive number, got {args.lr}")
+    if args.lr_step is None:
+        args.lr_step = args.nEpochs // 2
+    if args.lr_step < 0:
+        raise cli.CLIError(f"--lr_step must be at least 0, got {args.lr_step}")
+    if not Path(args.data_dir).is_dir():
+        raise cli.CLIError(f"--data_dir {args.data_dir}: no such folder")
+    args.statistics_dir = args.statistics_dir or str(Path(args.save_folder) / "statistics")
+    return args
+
+
+def default_validation_list(args: argparse.Namespace) -> str | None:
+    """sep_testlist.txt beside the training list, when it exists and is not the training list
+    (the list is found where the data loader finds it: in, as given, or beside --data_dir)."""
+    data_dir = Path(args.data_dir)
+    for train_list in (data_dir / args.file_list, Path(args.file_list),
+                       data_dir.parent / args.file_list):
+        if train_list.is_file():
+            held_out = train_list.parent / "sep_testlist.txt"
+            if held_out.is_file() and held_out.resolve() != train_list.resolve():
+                return str(held_out.resolve())
+            return None
+    return None
+
+
+def setup_distributed(gpu_mode: bool) -> tuple[int, int, torch.device]:
+    """(rank, world size, device); initialises the process group under torchrun."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    if world_size == 1:
+        return 0, 1, cli.select_device(gpu_mode)
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = gpu_mode and torch.cuda.is_available()
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+    elif gpu_mode and rank == 0:
+        print("note: no CUDA device found, running on the CPU (gloo)", file=sys.stderr)
+    # Rank 0 validates alone at the end of each epoch while the others wait.
+    dist.init_process_group("nccl" if use_cuda else "gloo", timeout=datetime.timedelta(hours=2))
+    return rank, world_size, torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+
+
+def build_data(args: argparse.Namespace, rank: int, world_size: int, device: torch.device
+               ) -> tuple[SeededSamples, EpochSampler, DataLoader, DataLoader | None]:
+    """The training set, its sampler and loader, and (on rank 0) the validation loader."""
+    train_set = SeededSamples(data.get_training_set(
+        args.data_dir, args.nFrames, args.upscale_factor, args.data_augmentation, args.file_list,
+        args.other_dataset, args.patch_size, args.future_frame, flow_cache=args.flow_cache,
+        skip_bad=args.skip_bad_samples), args.seed)
+    sampler = EpochSampler(len(train_set), args.seed, rank, world_size)
+    loader = DataLoader(train_set, batch_size=args.batchSize, sampler=sampler,
+                        num_workers=args.threads, pin_memory=device.type == "cuda",
+                        generator=torch.Generator().manual_seed(args.seed))
+    val_list = (None if (args.val_file_list or "").lower() == "none"
+                else args.val_file_list or default_validation_list(args))
+    if rank != 0:
+        return train_set, sampler, loader, None
+    if not val_list:
+        print("note: no held-out list (--val_file_list), validation is skipped", file=sys.stderr)
+        return train_set, sampler, loader, None
+    val_set = data.get_eval_set(
+        args.val_data_dir or args.data_dir, args.nFrames, args.upscale_factor, False, val_list,
+        args.other_dataset, 0, args.future_frame, flow_cache=args.flow_cache,
+        skip_bad=args.skip_bad_samples)
+    val_loader = DataLoader(evenly_spaced(val_set, args.val_max_samples), batch_size=1,
+                            num_workers=args.threads)
+    return train_set, sampler, loader, val_loader
+
+
+def build_trainer(args: argparse.Namespace, device: torch.device, world_size: int,
+                  is_main: bool) -> tuple[GANTrainer, list]:
+    """Models (built in a fixed order after seeding, so a resumed run rebuilds them alike),
+    optimizers, learning-rate schedulers and the iteration step."""
+    netG = rbpn.Net(num_channels=3, base_filter=args.base_filter, feat=args.feat, num_stages=3,
+                    n_resblock=args.n_resblock, nFrames=args.nFrames,
+                    scale_factor=args.upscale_factor, init=args.init)
+    netD = Discriminator() if args.gan else None
+    criterion = loss.GeneratorLoss(loss_type=args.loss, vgg_weights=args.vgg_weights,
+                                   random_vgg=args.random_vgg, imagenet_norm=args.imagenet_norm)
+    if args.pretrained and args.resume is None:
+        path = next((c for c in (Path(args.pretrained_sr),
+                                 Path(args.save_folder) / args.pretrained_sr) if c.is_file()), None)
+        if path is None:
+            raise cli.CLIError(f"--pretrained_sr {args.pretrained_sr}: no such file (looked in "
+                               f"the current folder and in --save_folder {args.save_folder})")
+        checkpoint.load_into(netG, checkpoint.load_state_dict(path),
+                             what=f"generator from --pretrained_sr {path}")
+        if is_main:
+            print(f"initialised the generator from {path}", file=sys.stderr)
+    if is_main:
+        counts = [f"{name} {sum(p.numel() for p in m.parameters()):,}"
+                  for name, m in (("G", netG), ("D", netD)) if m is not None]
+        print(f"parameters: {', '.join(counts)}; device {device}", file=sys.stderr)
+
+    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+    models = [m.to(device, memory_format=memory_format) for m in (netG, netD) if m is not None]
+    criterion.to(device)
+    optimizers = [torch.optim.Adam(m.parameters(), lr=args.lr, betas=(0.9, 0.999), eps=1e-8)
+                  for m in models]
+    schedulers = []
+    for opt in optimizers:
+        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=max(args.lr_step, 1),
+                                                gamma=0.1 if args.lr_step else 1.0)
+        sched.last_epoch = args.start_epoch - 1  # continuing at --start_epoch
+        for group in opt.param_groups:
+            group["lr"] = args.lr * sched.gamma ** ((args.start_epoch - 1) // sched.step_size)
+        schedulers.append(sched)
+    if world_size > 1:
+        ids = [device.index] if device.type == "cuda" else None
+        models = [DistributedDataParallel(m, device_ids=ids) for m in models]
+    elif args.useDataParallel and device.type == "cuda" and torch.cuda.device_count() > 1:
+        n = min(args.gpus, torch.cuda.device_count())
+        models = [nn.DataParallel(m, device_ids=list(range(n))) for m in models]
+    elif args.useDataParallel and is_main:
+        print("note: --useDataParallel needs several CUDA devices; using one", file=sys.stderr)
+    trainer = GANTrainer(models[0], models[1] if args.gan else None, criterion, optimizers[0],
+                         optimizers[1] if args.gan else None, device=device, loss_type=args.loss,
+                         amp=args.amp, residual=args.residual, channels_last=args.channels_last,
+                         nan_policy=args.nan_policy)
+    return trainer, schedulers
+
+
+@dataclasses.dataclass
+class Progress:
+    """Where a run stands; saved at the top level of the training state."""
+
+    epoch: int
+    epoch_iteration: int = 0  # batches of this epoch already trained (this process's)
+    iteration: int = 0
+    skipped: int = 0  # iterations of this epoch skipped for a NaN/Inf loss
+    seconds: float = 0.0  # training time of this epoch
+
+
+def state_path(args: argparse.Namespace) -> Path:
+    return Path(args.save_folder) / f"{args.prefix}train_state.pth"
+
+
+def weights_path(args: argparse.Namespace, net: str, epoch: int) -> Path:
+    """The original's netG/netD_epoch_<scale>_<epoch>.pth, in --save_folder."""
+    return Path(args.save_folder) / f"{args.prefix}{net}_epoch_{args.upscale_factor}_{epoch}.pth"
+
+
+def save_state(args: argparse.Namespace, trainer: GANTrainer, schedulers: list, at: Progress,
+               running: RunningStats, is_main: bool) -> None:
+    """Write the full training state atomically (collective under DDP: all processes call it;
+    the running sums are saved reduced, so rank 0's file holds everything)."""
+    reduced = running.all_reduced()
+    if not is_main:
+        return
+    check_finite_weights(trainer.netG, trainer.netD)
+    state = {"format": checkpoint.TRAIN_STATE_FORMAT, "version": checkpoint.TRAIN_STATE_VERSION,
+             **trainer.state_dict(),
+             "schedulerG": schedulers[0].state_dict(),
+             "schedulerD": schedulers[1].state_dict() if len(schedulers) > 1 else None,
+             **dataclasses.asdict(at), "running": reduced.sums, "rng": rng_state(),
+             "args": vars(args)}
+    checkpoint.atomic_torch_save(state, state_path(args))
+
+
+def resume(args: argparse.Namespace, trainer: GANTrainer, schedulers: list,
+           is_main: bool) -> tuple[Progress, RunningStats]:
+    """Restore a training state; refuses one whose shape-defining flags differ."""
+    path = Path(args.resume) if args.resume else state_path(args)
+    state = checkpoint.load_training_state(path)
+    keys = _RESUME_MUST_MATCH + (_RESUME_MID_EPOCH_MUST_MATCH if state["epoch_iteration"] else ())
+    for key in keys:
+        if state["args"].get(key) != getattr(args, key):
+            raise cli.CLIError(f"--resume {path}: it was trained with --{key} "
+                               f"{state['args'].get(key)}, not {getattr(args, key)}")
+    trainer.load_state_dict(state, source=str(path))
+    for sched, key in zip(schedulers, ("schedulerG", "schedulerD"), strict=False):
+        sched.load_state_dict(state[key])
+    set_rng_state(state["rng"])
+    at = Progress(**{f.name: state[f.name] for f in dataclasses.fields(Progress)})
+    if is_main:
+        print(f"resuming from {path}: epoch {at.epoch}, iteration {at.iteration}",
+              file=sys.stderr)
+    # The sums were saved reduced over all processes: only rank 0 continues them.
+    return at, RunningStats(trainer.columns, state["running"] if is_main else None)
+
+
+@torch.no_grad()
+def validate(trainer: GANTrainer, loader: DataLoader, scale: int) -> dict[str, float]:
+    """Mean PSNR/SSIM (Y and RGB, a border of `scale` pixels ignored) on whole frames."""
+    netG = unwrap(trainer.netG)
+    netG.eval()
+    totals, count = dict.fromkeys(("psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb"), 0.0), 0
+    for batch in tqdm(loader, desc="validation", leave=False, dynamic_ncols=True):
+        input, target, neighbor, flow, bicubic = trainer.to_device(batch)
+        sr = trainer.generate(netG, input, neighbor, flow, bicubic)
+        for i in range(sr.shape[0]):
+            for key, value in metrics.score(sr[i], target[i], crop=scale).items():
+                totals[key] += value
+            count += 1
+    netG.train()
+    means = {k: v / max(count, 1) for k, v in totals.items()}
+    return {"PSNR": means["psnr_y"], "SSIM": means["ssim_y"],
+            "PSNR_RGB": means["psnr_rgb"], "SSIM_RGB": means["ssim_rgb"]}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    rank, world_size, device = setup_distributed(args.gpu_mode)
+    try:
+        return train(args, rank, world_size, device)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def train(args: argparse.Namespace, rank: int, world_size: int, device: torch.device) -> int:
+    args.world_size = world_size
+    is_main = rank == 0
+    if args.amp == "fp16" and device.type != "cuda":
+        raise cli.CLIError("--amp fp16 needs CUDA; use --amp bf16 on the CPU")
+    if is_main and args.debug:
+        print(f"arguments: {vars(args)}", file=sys.stderr)
+    cli.seed_everything(args.seed)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    train_set, sampler, loader, val_loader = build_data(args, rank, world_size, device)
+    trainer, schedulers = build_trainer(args, device, world_size, is_main)
+    at, running = Progress(epoch=args.start_epoch), RunningStats(trainer.columns)
+    if args.resume is not None:
+        at, running = resume(args, trainer, schedulers, is_main)
+
+    log = None
+    if is_main:
+        log = TrainLog(args.statistics_dir, f"{args.prefix}iSeeBetter_{args.upscale_factor}"
+                       "_Train_Results", tensorboard=args.tensorboard)
+        log.start(at.epoch, resumed=args.resume is not None)
+        print(f"{len(train_set)} training samples, {len(loader)} iterations per epoch",
+              file=sys.stderr)
+    if at.epoch > args.nEpochs or args.max_iters and at.iteration >= args.max_iters:
+        if is_main:
+            print(f"nothing to train: the state is at epoch {at.epoch}, iteration "
+                  f"{at.iteration} (--nEpochs {args.nEpochs}, --max_iters {args.max_iters})",
+                  file=sys.stderr)
+        return 0
+    stop = GracefulStop()
+    try:
+        while at.epoch <= args.nEpochs:
+            # ---- the epoch's iterations (a resumed epoch skips the batches already trained)
+            sampler.set_epoch(at.epoch, at.epoch_iteration * args.batchSize)
+            train_set.epoch = at.epoch
+            bar = tqdm(loader, desc=f"[epoch {at.epoch}/{args.nEpochs}]", disable=not is_main,
+                       initial=at.epoch_iteration, total=at.epoch_iteration + len(loader),
+                       dynamic_ncols=True)
+            tick = time.perf_counter()
+            for batch in bar:
+                try:
+                    stats = trainer.step(batch)
+                except NonFiniteLossError as err:
+                    save_state(args, trainer, schedulers, at, running, is_main)
+                    raise cli.CLIError(
+                        f"{err} at epoch {at.epoch}, iteration {at.iteration + 1}; saved the last "
+                        f"good state to {state_path(args)} (try a lower --lr, --amp none, or "
+                        "--nan_policy skip)") from None
+                at.iteration += 1
+                at.epoch_iteration += 1
+                now = time.perf_counter()
+                at.seconds, tick = at.seconds + now - tick, now
+                if stats is None:
+                    at.skipped += 1
+                    tqdm.write(f"warning: non-finite loss, skipped iteration {at.iteration}",
+                               file=sys.stderr)
+                else:
+                    running.add(stats, len(batch[0]))
+                    if log is not None:
+                        log.add_iteration(at.iteration, stats)
+                    if args.debug and is_main:
+                        tqdm.write(f"iteration {at.iteration}: " + ", ".join(
+                            f"{k} {v:.6g}" for k, v in stats.items()), file=sys.stderr)
+                bar.set_postfix_str(running.progress(world_size, at.seconds))
+                at_limit = bool(args.max_iters) and at.iteration >= args.max_iters
+                stopping = stop.agreed()
+                if (args.save_every_iters and at.iteration % args.save_every_iters == 0
+                        or at_limit or stopping):
+                    save_state(args, trainer, schedulers, at, running, is_main)
+                    tick = time.perf_counter()  # saving is not training time
+                if at_limit or stopping:
+                    bar.close()
+                    if is_main:
+                        why = "--max_iters" if at_limit else "a signal"
+                        print(f"stopped by {why} at iteration {at.iteration}; continue with "
+                              f"--resume {state_path(args)}", file=sys.stderr)
+                    return 0 if at_limit else 128 + stop.signum  # the shell's code for it
+            bar.close()
+
+            # ---- the epoch's end: statistics, validation, snapshots, learning-rate decay
+            save_state(args, trainer, schedulers, at, running, is_main)  # a kill from here on
+            totals = running.all_reduced()                                # loses no training
+            if is_main:
+                end_epoch(args, trainer, val_loader, log, at, totals)
+            for sched in schedulers:
+                sched.step()
+            at = Progress(epoch=at.epoch + 1, iteration=at.iteration)
+            running = RunningStats(trainer.columns)
+            save_state(args, trainer, schedulers, at, running, is_main)
+            if dist.is_initialized():
+                dist.barrier()
+        if is_main:
+            print(f"finished {args.nEpochs} epochs; weights in {args.save_folder}, statistics "
+                  f"in {log.csv_path}", file=sys.stderr)
+    finally:
+        stop.restore()
+        if log is not None:
+            log.close()
+    return 0
+
+
+def end_epoch(args: argparse.Namespace, trainer: GANTrainer, val_loader: DataLoader | None,
+              log: TrainLog, at: Progress, totals: RunningStats) -> None:
+    """Rank 0's epoch end: validate, write the statistics row and the snapshots."""
+    optD = trainer.optimizerD
+    row = {"Epoch": at.epoch, "Iteration": at.iteration, **totals.means(),
+           "LR_G": trainer.optimizerG.param_groups[0]["lr"],
+           "LR_D": optD.param_groups[0]["lr"] if optD is not None else math.nan,
+           "Samples": int(totals.sums["Samples"]), "Skipped": at.skipped,
+           "Seconds": round(at.seconds, 3)}
+    if val_loader is not None:
+        row |= validate(trainer, val_loader, args.upscale_factor)
+    log.add_epoch(row)
+    summary = ", ".join(f"{k} {row[k]:.4g}" for k in ("DLoss", "GLoss", "PSNR", "SSIM")
+                        if not math.isnan(row.get(k, math.nan)))
+    tqdm.write(f"epoch {at.epoch}: {summary} ({at.seconds:.1f} s)")
+    if at.epoch % args.snapshots == 0 or at.epoch == args.nEpochs:
+        check_finite_weights(trainer.netG, trainer.netD)
+        nets = {"netG": trainer.netG, "netD": trainer.netD}
+        for name, net in nets.items():
+            if net is not None:
+                checkpoint.save_weights(weights_of(net), weights_path(args, name, at.epoch))
+
+
+if __name__ == "__main__":
+    if "-v" in sys.argv[1:]:  # run_cli recognises -d/--debug; -v is the original's short form
+        os.environ["ISB_DEBUG"] = "1"
+    cli.run_cli(main)
