@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): requirements.txt requirements-dev.txt $(wildcard pyflow/*.pyx pyflow/*.py pyflow/src/*) pyflow/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -r requirements.txt -r requirements-dev.txt
-	$(PY) -m pip install -q ./pyflow
+	$(PY) -m pip install -q --no-build-isolation ./pyflow
 	touch $(STAMP)
 
 setup: $(STAMP)

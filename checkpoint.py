@@ -10,6 +10,7 @@ and our training state. Files from outside are untrusted: ``torch.load`` runs wi
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import pickle
 import re
@@ -229,6 +230,32 @@ def load_generator(path: str | os.PathLike,
     net = rbpn.Net(**config, init="kaiming")  # the init is overwritten by the weights
     load_into(net, sd, what=str(path))
     return net.to(device).eval(), config
+
+
+def model_card_path(weights: str | os.PathLike) -> Path:
+    """The model card beside a weights file: ``weights/x.pth`` -> ``weights/x.json``."""
+    return Path(weights).with_suffix(".json")
+
+
+def read_model_card(weights: str | os.PathLike) -> dict:
+    """The JSON model card of a weights file, or ``{}`` when there is none.
+
+    A plain ``state_dict`` cannot say how the model was trained; the card does (e.g.
+    ``"residual": true`` for a generator trained with ``--residual``), so the scripts can
+    use a shipped model correctly without extra flags.
+    """
+    path = model_card_path(weights)
+    if not path.is_file():
+        return {}
+    try:
+        card = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{path}: unreadable model card ({err})") from None
+    if not isinstance(card, dict):
+        raise CheckpointError(f"{path}: a model card must be a JSON object")
+    if not isinstance(card.get("residual", False), bool):
+        raise CheckpointError(f"{path}: \"residual\" must be true or false")
+    return card
 
 
 def _atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None:

@@ -41,14 +41,14 @@ def str2bool(value: str | bool) -> bool:
 
 
 def add_bool_flag(
-    parser: argparse.ArgumentParser, *flags: str, default: bool, help: str
+    parser: argparse.ArgumentParser, *flags: str, default: bool | None, help: str
 ) -> None:
     """Add a switch usable as ``--name``, ``--no-name`` or ``--name 0|1|true|false``.
 
     Args:
         parser: the parser to extend.
         flags: option strings, e.g. ``"-r", "--residual"``; the last long one names it.
-        default: value when the flag is absent.
+        default: value when the flag is absent (None: the caller decides later).
         help: what the switch does; the default and the accepted forms are appended.
     """
     long_name = [f for f in flags if f.startswith("--")][-1][2:]
@@ -60,7 +60,8 @@ def add_bool_flag(
         default=default,
         type=str2bool,
         metavar="BOOL",
-        help=f"{help} (default: {default}; also --no-{long_name}, or --{long_name} 0/1)",
+        help=f"{help} ({'' if default is None else f'default: {default}; '}"
+             f"also --no-{long_name}, or --{long_name} 0/1)",
     )
     parser.add_argument(f"--no-{long_name}", dest=long_name, action="store_false",
                         help=argparse.SUPPRESS)

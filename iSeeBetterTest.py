@@ -109,8 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
                             "(default: the model's)")
     flag(model, "--future_frame", default=True,
          help="use frames after the target as well as before it")
-    flag(model, "-r", "--residual", default=False,
-         help="add the bicubic upsampling to the output (for models trained with --residual)")
+    flag(model, "-r", "--residual", default=None,
+         help="add the bicubic upsampling to the output (for models trained with --residual); "
+              "unset: as the model card <weights>.json says (the bundled weights have one), "
+              "else off")
     flag(model, "-u", "--upscale_only", default=False,
          help="dataset mode: the frames are the LR input (no ground truth, no metrics); video "
               "mode always works this way unless --downscale_first")
@@ -234,6 +236,8 @@ def load_model(args: argparse.Namespace, device: torch.device) -> tuple[torch.nn
                 "or pass -m/--model)" if args.model == DEFAULT_MODEL else "")
         raise cli.CLIError(f"model file not found: {args.model}{hint}")
     net, config = checkpoint.load_generator(path, device=device)
+    if args.residual is None:
+        args.residual = checkpoint.read_model_card(path).get("residual", False)
     scale, frames = config["scale_factor"], config["nFrames"]
     if args.upscale_factor is not None and args.upscale_factor != scale:
         raise cli.CLIError(f"-s/--upscale_factor {args.upscale_factor} does not match "

@@ -1,13 +1,17 @@
 """Cut videos into Vimeo-90K-style septuplets for training on your own footage.
 
     python prepare_septuplets.py clip.mp4 other.avi --output my_septuplets --test_fraction 0.1
+    python prepare_septuplets.py photo.jpg --pans 8 --output my_septuplets   # still images
 
 Writes ``<output>/sequences/<clip>/<NNNN>/im1.png..im7.png`` (default 448x256, like Vimeo-90K)
 and ``sep_trainlist.txt`` (plus ``sep_testlist.txt`` with ``--test_fraction``), so training runs
 with ``--data_dir <output>/sequences --file_list sep_trainlist.txt``. Each frame is scaled down
 until it just covers the requested size, then cropped (centre, or random crops, the same box for
-the seven frames of a window). Windows that span a scene cut are skipped. The result depends
-only on the inputs and ``--seed``. Vid4 is the standard test set: do not train on it.
+the seven frames of a window). Windows that span a scene cut are skipped. A still image (an
+input PIL opens as an image) gives ``--pans`` synthetic camera pans instead: seven crops along a
+straight path with a random whole-pixel velocity (so no resampling softens the frames; the
+x4 LR frames then move by quarter pixels), up to ``--pan_speed`` pixels per frame. The result
+depends only on the inputs and ``--seed``. Vid4 is the standard test set: do not train on it.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from tqdm import tqdm
 import cli
 
 FRAMES = 7
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -95,6 +100,46 @@ def crop_boxes(frame_size: tuple[int, int], size: tuple[int, int], mode: str, co
     return boxes
 
 
+def pan_window(image: Image.Image, size: tuple[int, int], max_speed: int,
+               rng: random.Random) -> list[Image.Image]:
+    """Seven ``size`` crops of a still image along a straight camera path whose velocity is a
+    random whole number of pixels per frame (at most ``max_speed`` on each axis)."""
+    room = (image.width - size[0], image.height - size[1])
+    speed = [min(max_speed, r // (FRAMES - 1)) for r in room]
+    velocity = [rng.randint(-v, v) for v in speed]
+    start = []
+    for r, v in zip(room, velocity, strict=True):
+        span = abs(v) * (FRAMES - 1)
+        start.append(rng.randint(0, r - span) + (span if v < 0 else 0))
+    return [image.crop((start[0] + t * velocity[0], start[1] + t * velocity[1],
+                        start[0] + t * velocity[0] + size[0], start[1] + t * velocity[1] + size[1]))
+            for t in range(FRAMES)]
+
+
+def still_septuplets(path: str, size: tuple[int, int], pans: int, max_speed: int,
+                     rng: random.Random) -> Iterator[list[Image.Image]]:
+    """``pans`` synthetic camera pans over a still image."""
+    try:
+        with Image.open(path) as opened:
+            image = opened.convert("RGB")
+    except (OSError, ValueError) as err:
+        raise cli.CLIError(f"{path}: cannot read the image ({err})") from None
+    if image.width < size[0] or image.height < size[1]:
+        raise cli.CLIError(f"{path}: the image is {image.width}x{image.height}, smaller than "
+                           f"--size {size[0]}x{size[1]}")
+    for _ in range(pans):
+        yield pan_window(image, size, max_speed, rng)
+
+
+def video_septuplets(path: str, args: argparse.Namespace,
+                     rng: random.Random) -> Iterator[list[Image.Image]]:
+    """Windows of a video without a scene cut, each cut to one or more crop boxes."""
+    for window in windows(sampled_frames(path, args.size, args.frame_stride),
+                          args.window_step, args.scene_cut):
+        for box in crop_boxes(window[0].size, args.size, args.crop, args.crops, rng):
+            yield [frame.crop(box) for frame in window]
+
+
 def clip_name(path: str, taken: set[str]) -> str:
     base = re.sub(r"[^A-Za-z0-9_-]+", "_", os.path.splitext(os.path.basename(path))[0]) or "clip"
     name, n = base, 2
@@ -106,7 +151,9 @@ def clip_name(path: str, taken: set[str]) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("videos", nargs="+", help="video files (anything PyAV/FFmpeg reads)")
+    parser.add_argument("videos", nargs="+",
+                        help="video files (anything PyAV/FFmpeg reads), or still images "
+                             f"({', '.join(IMAGE_SUFFIXES)}) for --pans")
     parser.add_argument("--output", required=True, help="output folder (created)")
     parser.add_argument("--size", type=parse_size, default=(448, 256),
                         help="septuplet frame size WIDTHxHEIGHT (default: 448x256, as Vimeo-90K)")
@@ -126,22 +173,29 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--test_fraction", type=float, default=0.0,
                         help="the last fraction of each clip's septuplets goes to "
                              "sep_testlist.txt instead of sep_trainlist.txt (default: 0)")
-    parser.add_argument("--seed", type=int, default=123, help="random crops (default: 123)")
+    parser.add_argument("--pans", type=int, default=8,
+                        help="synthetic camera pans per still image (default: 8)")
+    parser.add_argument("--pan_speed", type=int, default=6,
+                        help="largest pan velocity, pixels per frame on each axis (default: 6)")
+    parser.add_argument("--seed", type=int, default=123,
+                        help="random crops and pans (default: 123)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    for flag in ("crops", "frame_stride", "window_step"):
+    for flag in ("crops", "frame_stride", "window_step", "pans"):
         if getattr(args, flag) < 1:
             raise cli.CLIError(f"--{flag} {getattr(args, flag)}: must be at least 1")
     if args.crop == "centre" and args.crops != 1:
         raise cli.CLIError("--crops > 1 needs --crop random")
     if not 0 <= args.test_fraction < 1 or args.max_septuplets < 0 or args.scene_cut < 0:
         raise cli.CLIError("--test_fraction must be in [0, 1); --max_septuplets, --scene_cut >= 0")
+    if args.pan_speed < 0:
+        raise cli.CLIError(f"--pan_speed {args.pan_speed}: must be 0 or more")
     for video in args.videos:
         if not os.path.isfile(video):
-            raise cli.CLIError(f"{video}: video file not found")
+            raise cli.CLIError(f"{video}: file not found")
     sequences = os.path.join(args.output, "sequences")
     rng, taken, total = random.Random(args.seed), set(), 0
     train, test = [], []
@@ -150,20 +204,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         if os.path.exists(os.path.join(sequences, clip)):
             raise cli.CLIError(f"{os.path.join(sequences, clip)}: exists; choose a new --output")
         names = []
-        for window in windows(sampled_frames(video, args.size, args.frame_stride),
-                              args.window_step, args.scene_cut):
-            for box in crop_boxes(window[0].size, args.size, args.crop, args.crops, rng):
-                if args.max_septuplets and total >= args.max_septuplets:
-                    break
-                name = f"{clip}/{len(names) + 1:04d}"
-                folder = os.path.join(sequences, name)
-                os.makedirs(folder)
-                for i, frame in enumerate(window, 1):
-                    frame.crop(box).save(os.path.join(folder, f"im{i}.png"))
-                names.append(name)
-                total += 1
+        septuplets = (still_septuplets(video, args.size, args.pans, args.pan_speed, rng)
+                      if video.lower().endswith(IMAGE_SUFFIXES)
+                      else video_septuplets(video, args, rng))
+        for septuplet in septuplets:
             if args.max_septuplets and total >= args.max_septuplets:
                 break
+            name = f"{clip}/{len(names) + 1:04d}"
+            folder = os.path.join(sequences, name)
+            os.makedirs(folder)
+            for i, frame in enumerate(septuplet, 1):
+                frame.save(os.path.join(folder, f"im{i}.png"))
+            names.append(name)
+            total += 1
         held = int(round(len(names) * args.test_fraction))
         train += names[:len(names) - held]
         test += names[len(names) - held:]

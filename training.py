@@ -528,6 +528,9 @@ class TrainLog:
                 ax.legend(fontsize="small")
                 if log:
                     ax.set_yscale("log")
+            else:  # e.g. no discriminator (--no-gan) or no validation list
+                ax.text(0.5, 0.5, "not logged in this run", ha="center", va="center",
+                        transform=ax.transAxes, color="grey")
             ax.set_title(title)
             ax.set_xlabel("epoch")
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))

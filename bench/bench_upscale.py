@@ -44,7 +44,7 @@ import cli  # noqa: E402
 
 CONFIGS = {
     "full": {"base_filter": 256, "feat": 64, "n_resblock": 5, "nFrames": 7},
-    "compact": {"base_filter": 64, "feat": 32, "n_resblock": 2, "nFrames": 7},
+    "compact": {"base_filter": 32, "feat": 16, "n_resblock": 1, "nFrames": 7},  # the bundled one
     "tiny": {"base_filter": 8, "feat": 8, "n_resblock": 1, "nFrames": 7},
 }
 DEFAULT_MODEL = ROOT / "weights" / "iSeeBetter_4x_compact.pth"

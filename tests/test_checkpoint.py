@@ -224,3 +224,18 @@ def test_cli_prints_the_error_as_one_line(tmp_path, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: ") and "missing.pth" in err
+
+
+def test_model_card_is_read_beside_the_weights(tmp_path):
+    weights = tmp_path / "model.pth"
+    assert checkpoint.read_model_card(weights) == {}
+    card = checkpoint.model_card_path(weights)
+    assert card == tmp_path / "model.json"
+    card.write_text('{"residual": true, "name": "x"}')
+    assert checkpoint.read_model_card(weights) == {"residual": True, "name": "x"}
+    for bad, message in (("{not json", "unreadable model card"),
+                         ("[1, 2]", "must be a JSON object"),
+                         ('{"residual": "yes"}', '"residual" must be true or false')):
+        card.write_text(bad)
+        with pytest.raises(checkpoint.CheckpointError, match=message):
+            checkpoint.read_model_card(weights)

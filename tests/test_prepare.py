@@ -94,7 +94,7 @@ def test_bad_inputs_give_one_line_errors(video, tmp_path, capsys):
     assert prepare(video, "--output", str(tmp_path / "o"), "--size", "200x100") == 2
     assert "frames are 100x60, smaller than --size 200x100" in capsys.readouterr().err
     assert prepare(str(tmp_path / "none.mp4"), "--output", str(tmp_path / "o")) == 2
-    assert "none.mp4: video file not found" in capsys.readouterr().err
+    assert "none.mp4: file not found" in capsys.readouterr().err
     junk = tmp_path / "junk.mp4"
     junk.write_bytes(b"not a video")
     assert prepare(str(junk), "--output", str(tmp_path / "o")) == 2
@@ -102,3 +102,42 @@ def test_bad_inputs_give_one_line_errors(video, tmp_path, capsys):
     assert prepare(video, "--output", str(tmp_path / "o"), "--crops", "2") == 2
     assert "--crops > 1 needs --crop random" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "o" / "sep_trainlist.txt")
+
+
+def locate(image: np.ndarray, crop: np.ndarray) -> tuple[int, int]:
+    """(left, top) of the unique place where ``crop`` sits in ``image``."""
+    h, w = crop.shape[:2]
+    hits = [(x, y) for y in range(image.shape[0] - h + 1) for x in range(image.shape[1] - w + 1)
+            if np.array_equal(image[y:y + h, x:x + w], crop)]
+    assert len(hits) == 1
+    return hits[0]
+
+
+def test_still_images_give_straight_whole_pixel_pans(tmp_path):
+    still = np.random.default_rng(3).integers(0, 256, (70, 100, 3), dtype=np.uint8)
+    path = tmp_path / "photo.png"
+    Image.fromarray(still).save(path)
+    out = tmp_path / "out"
+    assert prepare(str(path), "--output", str(out), "--size", "48x32", "--pans", "3",
+                   "--pan_speed", "4", "--seed", "5") == 0
+    names = (out / "sep_trainlist.txt").read_text().split()
+    assert names == ["photo/0001", "photo/0002", "photo/0003"]
+    velocities = set()
+    for name in names:
+        places = [locate(still, read(out, name, i)) for i in range(1, 8)]
+        vx, vy = places[1][0] - places[0][0], places[1][1] - places[0][1]
+        assert places == [(places[0][0] + t * vx, places[0][1] + t * vy) for t in range(7)]
+        assert abs(vx) <= 4 and abs(vy) <= 4
+        velocities.add((vx, vy))
+    assert len(velocities) > 1  # random, not one fixed motion
+    again = tmp_path / "again"
+    assert prepare(str(path), "--output", str(again), "--size", "48x32", "--pans", "3",
+                   "--pan_speed", "4", "--seed", "5") == 0
+    assert np.array_equal(read(again, "photo/0002", 7), read(out, "photo/0002", 7))
+
+
+def test_a_still_smaller_than_the_size_is_refused(tmp_path, capsys):
+    path = tmp_path / "small.jpg"
+    Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(path)
+    assert prepare(str(path), "--output", str(tmp_path / "o"), "--size", "48x32") == 2
+    assert "small.jpg: the image is 30x20, smaller than --size 48x32" in capsys.readouterr().err

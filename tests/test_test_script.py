@@ -211,3 +211,28 @@ def test_vid4_frames_with_a_residual_only_model_score_exactly_bicubic(shared_dat
     for key in ("psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb"):
         assert report["clips"]["calendar"][key] == report["clips"]["calendar"][f"bicubic_{key}"]
     assert 19.5 < report["clips"]["calendar"]["psnr_y"] < 21.5  # calendar is hard for bicubic
+
+
+def test_model_card_decides_residual_unless_the_flag_is_given(frames_dir, tmp_path):
+    """The bundled weights were trained with --residual; their model card says so, and the
+    script must follow it (a zero-output model + residual is exactly bicubic)."""
+    net = rbpn.Net(base_filter=8, feat=8, n_resblock=1, nFrames=3, scale_factor=4)
+    torch.nn.init.zeros_(net.output.conv.weight)
+    torch.nn.init.zeros_(net.output.conv.bias)
+    model = tmp_path / "zero_x4.pth"
+    checkpoint.save_weights(net.state_dict(), model)
+    checkpoint.model_card_path(model).write_text(json.dumps({"residual": True}))
+
+    def clip_scores(*flags: str) -> dict:
+        out = tmp_path / f"out{len(flags)}"
+        result = run("--data_dir", frames_dir, "--file_list", "all.txt", "-m", model, "-o", out,
+                     "--no-gpu_mode", *flags)
+        assert result.returncode == 0, result.stderr
+        report = json.loads((out / "metrics.json").read_text())
+        assert report["residual"] is (not flags)
+        return report["clips"]["alpha"]
+
+    from_card = clip_scores()
+    assert from_card["psnr_y"] == from_card["bicubic_psnr_y"]
+    overridden = clip_scores("--no-residual")
+    assert overridden["psnr_y"] < overridden["bicubic_psnr_y"] - 5  # a black image
