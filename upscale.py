@@ -339,7 +339,7 @@ class Upscaler:
         max_memory: bytes a forward pass may use (None: half of the available RAM on the CPU,
             80% of the free memory on a GPU).
         channels_last: run the model in NHWC memory format (the model is converted in place;
-            2.3x faster for RBPN in fp32 on a 2-core AVX-512 CPU).
+            1.23x faster for the full RBPN in fp32 on a 2-core AVX-512 CPU).
     """
 
     def __init__(self, model: nn.Module, *, scale: int, device: torch.device | str = "cpu",

@@ -13,7 +13,8 @@ are its own: on the CPU the peak resident set size of that process (Python, torc
 weights included) and its growth over the RSS measured just before the first forward pass
 ("forward extra"); on CUDA ``torch.cuda.max_memory_allocated``.
 Reference (the original code, fp32, 2 threads, this project's CPU machine): 6.96 s at 64x64 and
-78 s at 180x144; bf16 + channels_last was 2.3x faster.
+78 s at 180x144; it reports bf16 + channels_last 2.3x faster, which needs native bf16 (AMX or
+AVX512-BF16): on this machine's CPU bf16 is emulated and 4-5x slower (see docs/models.md).
 """
 
 from __future__ import annotations
