@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # How weights/iSeeBetter_4x_compact.pth was made: data preparation, three CPU training stages
-# and the Vid4 evaluation, exactly as run (2 vCPUs, no GPU; about 2.5 h of training in all).
+# and the Vid4 evaluation, exactly as run (2 vCPUs, no GPU; 2.2 h of training in all).
 #
 #   bash scripts/train_compact.sh [WORK_DIR]        (default WORK_DIR: ./compact_run)
 #
