@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import re
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -65,6 +66,23 @@ def add_bool_flag(
     )
     parser.add_argument(f"--no-{long_name}", dest=long_name, action="store_false",
                         help=argparse.SUPPRESS)
+
+
+def parse_size(text: str, minimum: int = 1) -> tuple[int, int]:
+    """``WxH`` (e.g. 180x144) -> (width, height), for ``type=`` of size options.
+
+    Args:
+        text: the option's value; case and surrounding spaces do not matter.
+        minimum: smallest width and height accepted.
+    """
+    match = re.fullmatch(r"(\d+)x(\d+)", text.strip().lower())
+    if not match:
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT such as 180x144, got {text!r}")
+    width, height = int(match[1]), int(match[2])
+    if min(width, height) < minimum:
+        raise argparse.ArgumentTypeError(
+            f"sizes must be at least {minimum}x{minimum}, got {text!r}")
+    return width, height
 
 
 def run_cli(main: Callable[[Sequence[str] | None], int | None],

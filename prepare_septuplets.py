@@ -33,13 +33,6 @@ FRAMES = 7
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
 
 
-def parse_size(text: str) -> tuple[int, int]:
-    match = re.fullmatch(r"(\d+)x(\d+)", text.strip())
-    if not match or min(int(match[1]), int(match[2])) < 1:
-        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT such as 448x256, got {text!r}")
-    return int(match[1]), int(match[2])
-
-
 def sampled_frames(path: str, size: tuple[int, int], stride: int) -> Iterator[Image.Image]:
     """Every ``stride``-th frame of a video, scaled down so that it just covers ``size``."""
     try:
@@ -155,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="video files (anything PyAV/FFmpeg reads), or still images "
                              f"({', '.join(IMAGE_SUFFIXES)}) for --pans")
     parser.add_argument("--output", required=True, help="output folder (created)")
-    parser.add_argument("--size", type=parse_size, default=(448, 256),
+    parser.add_argument("--size", type=cli.parse_size, default=(448, 256),
                         help="septuplet frame size WIDTHxHEIGHT (default: 448x256, as Vimeo-90K)")
     parser.add_argument("--crop", choices=("centre", "random"), default="centre",
                         help="crop position in the scaled frame (default: centre)")

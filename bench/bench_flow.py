@@ -64,19 +64,9 @@ def best_of(repeats: int, fn: Callable[[], object],
     return min(times)
 
 
-def parse_size(text: str) -> tuple[int, int]:
-    try:
-        w, h = (int(x) for x in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT, got {text!r}") from None
-    if w < 2 or h < 2:
-        raise argparse.ArgumentTypeError(f"sizes must be at least 2x2, got {text!r}")
-    return w, h
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", type=parse_size, nargs="+",
+    parser.add_argument("--sizes", type=lambda text: cli.parse_size(text, minimum=2), nargs="+",
                         default=list(REFERENCE_MS), metavar="WxH",
                         help="image sizes (default: 64x64 112x64 180x144 320x180)")
     parser.add_argument("--repeats", type=int, default=5,

@@ -40,22 +40,10 @@ _TINY = {"base_filter": 8, "feat": 8, "n_resblock": 1}
 _FORMATS = ("nchw", "channels_last")
 
 
-def parse_size(text: str) -> tuple[int, int]:
-    """``WxH`` (e.g. 180x144) -> (width, height)."""
-    try:
-        width, height = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT such as 180x144, "
-                                         f"got {text!r}") from None
-    if width < 1 or height < 1:
-        raise argparse.ArgumentTypeError(f"sizes must be positive, got {text!r}")
-    return width, height
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sizes", type=parse_size, nargs="+", default=[(64, 64), (180, 144)],
+    p.add_argument("--sizes", type=cli.parse_size, nargs="+", default=[(64, 64), (180, 144)],
                    metavar="WxH", help="LR input sizes (default: 64x64 180x144)")
     p.add_argument("--precisions", nargs="+", default=["fp32", "bf16"],
                    choices=("fp32", "bf16", "fp16"),

@@ -50,14 +50,6 @@ CONFIGS = {
 DEFAULT_MODEL = ROOT / "weights" / "iSeeBetter_4x_compact.pth"
 
 
-def parse_size(text: str) -> tuple[int, int]:
-    """``WxH`` (e.g. 180x144) -> (width, height)."""
-    match = re.fullmatch(r"(\d+)x(\d+)", text.lower())
-    if not match or min(int(match[1]), int(match[2])) < 1:
-        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT such as 180x144, got {text!r}")
-    return int(match[1]), int(match[2])
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -68,13 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="use a randomly initialised model of this size instead of --model")
     p.add_argument("--frames", type=int, default=10,
                    help="frames timed per configuration (default: %(default)s)")
-    p.add_argument("--size", type=parse_size, default=(180, 144), metavar="WxH",
+    p.add_argument("--size", type=cli.parse_size, default=(180, 144), metavar="WxH",
                    help="LR clip size (default: 180x144)")
     p.add_argument("--precisions", nargs="+", default=["fp32", "bf16"],
                    choices=("fp32", "bf16", "fp16"), help="default: fp32 bf16")
     p.add_argument("--devices", nargs="+", default=None, choices=("cpu", "cuda"),
                    help="default: cpu, and cuda when available")
-    p.add_argument("--hd_size", type=parse_size, default=(1920, 1080), metavar="WxH",
+    p.add_argument("--hd_size", type=cli.parse_size, default=(1920, 1080), metavar="WxH",
                    help="LR frame size of the memory test (default: 1920x1080)")
     cli.add_bool_flag(p, "--channels_last", default=True, help="NHWC memory format")
     cli.add_bool_flag(p, "--hd", default=True, help="run the memory test")

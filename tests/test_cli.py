@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from cli import CLIError, add_bool_flag, run_cli, str2bool
+from cli import CLIError, add_bool_flag, parse_size, run_cli, str2bool
 from tests.conftest import ROOT
 
 
@@ -42,6 +42,19 @@ def test_str2bool_values():
     assert str2bool("TRUE") is True and str2bool("n") is False
     with pytest.raises(argparse.ArgumentTypeError):
         str2bool("2")
+
+
+def test_parse_size():
+    assert parse_size("180x144") == (180, 144)
+    assert parse_size(" 64X32 ") == (64, 32)
+    for bad in ("180", "180x", "x144", "-1x4", "1.5x2", "180 x 144"):
+        with pytest.raises(argparse.ArgumentTypeError, match="WIDTHxHEIGHT"):
+            parse_size(bad)
+    with pytest.raises(argparse.ArgumentTypeError, match="at least 1x1"):
+        parse_size("0x4")
+    assert parse_size("2x2", minimum=2) == (2, 2)
+    with pytest.raises(argparse.ArgumentTypeError, match="at least 2x2"):
+        parse_size("1x8", minimum=2)
 
 
 def test_run_cli_turns_errors_into_one_line(capsys):
