@@ -258,6 +258,13 @@ def read_model_card(weights: str | os.PathLike) -> dict:
     return card
 
 
+def write_model_card(weights: str | os.PathLike, card: Mapping[str, object]) -> None:
+    """Write the model card beside ``weights`` atomically (values that JSON lacks, such as
+    paths, are written as strings)."""
+    text = json.dumps(card, indent=2, default=str) + "\n"
+    _atomic_write(model_card_path(weights), lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
 def _atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None:
     """Write through a temporary file in the same folder, then rename: a crash or a full disk
     never leaves a half-written ``path`` (an existing one stays intact)."""

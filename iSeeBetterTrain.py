@@ -548,6 +548,23 @@ def end_epoch(args: argparse.Namespace, trainer: GANTrainer, val_loader: DataLoa
         for name, net in nets.items():
             if net is not None:
                 checkpoint.save_weights(weights_of(net), weights_path(args, name, at.epoch))
+        write_snapshot_card(args, weights_of(trainer.netG), at, row)
+
+
+def write_snapshot_card(args: argparse.Namespace, generator_weights: dict, at: Progress,
+                        row: dict) -> None:
+    """A model card beside each generator snapshot, so that iSeeBetterTest.py uses it right
+    (``--residual`` above all) without flags, and a snapshot says how it was made."""
+    path = weights_path(args, "netG", at.epoch)
+    checkpoint.write_model_card(path, {
+        "name": f"iSeeBetter x{args.upscale_factor}, epoch {at.epoch} of {args.save_folder}",
+        "file": path.name,
+        "config": checkpoint.infer_rbpn_config(generator_weights),
+        "residual": args.residual,
+        "training": {"epoch": at.epoch, "iterations": at.iteration,
+                     "epoch_seconds": round(at.seconds, 1), "args": vars(args)},
+        "validation": {k: row[k] for k in ("PSNR", "SSIM", "PSNR_RGB", "SSIM_RGB") if k in row},
+    })
 
 
 if __name__ == "__main__":

@@ -220,8 +220,8 @@ def test_torchrun_two_processes_with_gloo(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stderr.count("parameters: G") == 1  # only rank 0 reports
     assert sorted(p.name for p in out.iterdir()) == [
-        "netD_epoch_4_1.pth", "netD_epoch_4_2.pth", "netG_epoch_4_1.pth", "netG_epoch_4_2.pth",
-        "statistics", "train_state.pth"]
+        "netD_epoch_4_1.pth", "netD_epoch_4_2.pth", "netG_epoch_4_1.json", "netG_epoch_4_1.pth",
+        "netG_epoch_4_2.json", "netG_epoch_4_2.pth", "statistics", "train_state.pth"]
     assert sorted(p.name for p in (out / "statistics").iterdir()) == [
         CSV_NAME, "iSeeBetter_4_Train_Results.png"]
     history = rows(out)
@@ -260,12 +260,26 @@ def test_pretrained_initialises_the_generator(trained, data2, tmp_path):
 
 
 def test_no_gan_l1_trains_the_generator_alone(data2, tmp_path):
-    assert run(data2, tmp_path, "--nEpochs", "1", "--loss", "l1", "--no-gan") == 0
+    assert run(data2, tmp_path, "--nEpochs", "1", "--loss", "l1", "--no-gan", "--residual") == 0
     (row,) = rows(tmp_path)
     assert math.isfinite(float(row["GLoss"])) and row["GLoss"] == row["ImageLoss"]
     assert row["DLoss"] == row["LR_D"] == row["AdversarialLoss"] == ""
     assert not (tmp_path / "netD_epoch_4_1.pth").exists()
     assert (tmp_path / "netG_epoch_4_1.pth").exists()
+    # The snapshot's model card tells iSeeBetterTest.py that it predicts a residual.
+    card = checkpoint.read_model_card(tmp_path / "netG_epoch_4_1.pth")
+    assert card["residual"] is True and card["training"]["args"]["loss"] == "l1"
+    assert card["validation"]["PSNR"] == pytest.approx(float(row["PSNR"]))
+
+
+def test_snapshot_model_card_records_config_and_training(trained):
+    card = checkpoint.read_model_card(trained / "netG_epoch_4_1.pth")
+    assert card["file"] == "netG_epoch_4_1.pth" and card["residual"] is False
+    assert card["config"] == {"num_channels": 3, "base_filter": 8, "feat": 8, "num_stages": 3,
+                              "n_resblock": 1, "nFrames": 3, "scale_factor": 4}
+    assert (card["training"]["epoch"], card["training"]["iterations"]) == (1, 2)
+    assert card["training"]["args"]["save_folder"] == str(trained)
+    assert not checkpoint.model_card_path(trained / "netD_epoch_4_1.pth").exists()
 
 
 def test_bf16_channels_last_on_the_cpu(data2, tmp_path):
