@@ -545,10 +545,10 @@ def end_epoch(args: argparse.Namespace, trainer: GANTrainer, val_loader: DataLoa
     if at.epoch % args.snapshots == 0 or at.epoch == args.nEpochs:
         check_finite_weights(trainer.netG, trainer.netD)
         nets = {"netG": trainer.netG, "netD": trainer.netD}
-        for name, net in nets.items():
-            if net is not None:
-                checkpoint.save_weights(weights_of(net), weights_path(args, name, at.epoch))
-        write_snapshot_card(args, weights_of(trainer.netG), at, row)
+        weights = {name: weights_of(net) for name, net in nets.items() if net is not None}
+        for name, state in weights.items():
+            checkpoint.save_weights(state, weights_path(args, name, at.epoch))
+        write_snapshot_card(args, weights["netG"], at, row)
 
 
 def write_snapshot_card(args: argparse.Namespace, generator_weights: dict, at: Progress,
