@@ -187,7 +187,7 @@ def child_memory(job: dict) -> dict:
     max_memory = None if job["max_memory"] is None else job["max_memory"] * 2**30
     upscaler = upscale.Upscaler(net, scale=4, device=device, precision=job["precision"],
                                 max_memory=max_memory, tile_overlap=job["tile_overlap"],
-                                channels_last=job["channels_last"])
+                                channels_last=job["channels_last"], retain_freed_memory=True)
     budget = upscaler.memory_budget()
     per_pixel, _ = upscaler.memory_per_pixel(n)
     before = rss_bytes()

@@ -1,4 +1,6 @@
 import argparse
+import os
+import platform
 import subprocess
 import sys
 
@@ -113,3 +115,37 @@ def test_error_raised_in_a_dataloader_worker_stays_one_line(capsys):
         run_cli(main, [])
     assert exc.value.code == 2
     assert capsys.readouterr().err == "error: frame 000.png: cannot identify image file\n"
+
+
+RSS_AFTER_FREE = """
+import sys
+import torch
+import cli
+if sys.argv[1] == "retain":
+    print(cli.retain_freed_memory())
+def rss_mib():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096 / 2**20
+for _ in range(3):  # a layer's activation: allocated, written, freed
+    big = torch.ones(64, 2**20)
+    del big
+print(round(rss_mib()))
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's mallopt")
+def test_retain_freed_memory_keeps_freed_tensors_for_reuse():
+    def run(mode: str, **env: str) -> list[str]:
+        result = subprocess.run([sys.executable, "-c", RSS_AFTER_FREE, mode], cwd=ROOT,
+                                capture_output=True, text=True, timeout=120,
+                                env={**os.environ, "OMP_NUM_THREADS": "1", **env})
+        assert result.returncode == 0, result.stderr
+        return result.stdout.split()
+
+    default = run("default")
+    retained = run("retain")
+    assert retained[0] == "True"
+    # The 256 MiB tensor goes back to the kernel by default and stays mapped when retained.
+    assert int(retained[1]) - int(default[0]) > 200
+    # A user's own malloc settings win.
+    assert run("retain", MALLOC_TRIM_THRESHOLD_="0")[0] == "False"

@@ -126,6 +126,20 @@ def test_dataset_upscale_only_is_four_times_the_input(tiny_model, frames_dir, wo
     assert not (out / "metrics.csv").exists()  # no ground truth, no scores
 
 
+def test_self_ensemble_is_recorded_and_changes_the_output(tiny_model, frames_dir, work):
+    outputs = {}
+    for flag in ("--no-self_ensemble", "--self_ensemble"):
+        out = work / flag.lstrip("-")
+        result = run("--data_dir", frames_dir, "--file_list", "all.txt", "-m", tiny_model,
+                     "-o", out, flag, "--no-gpu_mode")
+        assert result.returncode == 0, result.stderr
+        report = json.loads((out / "metrics.json").read_text())
+        assert report["self_ensemble"] is (flag == "--self_ensemble")
+        outputs[flag] = np.asarray(Image.open(out / "alpha" / "002.png"), dtype=np.int16)
+    assert "self-ensemble x8" in result.stderr
+    assert np.abs(outputs["--self_ensemble"] - outputs["--no-self_ensemble"]).mean() > 0.5
+
+
 def test_video_mode_upscales_every_frame_keeping_rate_and_audio(tiny_model, clip, work):
     out = work / "video_out.mp4"
     result = run("--video", clip, "-m", tiny_model, "-o", out, "--no-gpu_mode")

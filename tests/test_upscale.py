@@ -1,6 +1,13 @@
-"""upscale.py: neighbour windows, flows, tiling, memory estimate, residual and autocast."""
+"""upscale.py: neighbour windows, flows, tiling, memory estimate and retention, residual,
+autocast and self-ensemble."""
 
 from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -12,6 +19,7 @@ import dataset
 import rbpn
 import upscale
 from cli import CLIError
+from tests.conftest import ROOT
 
 
 @pytest.fixture(autouse=True)
@@ -160,6 +168,65 @@ def test_residual_adds_the_bicubic_and_autocast_returns_float32():
         upscale.Upscaler(model, scale=4, tile=5)
 
 
+class WarpNeighbour(nn.Module):
+    """Reads the first neighbour at p + flow (integer flows, clamped to the frame) and
+    upsamples it: a model that commutes with every flip and transposition exactly when the
+    flows are transformed correctly with the frames."""
+
+    def forward(self, x, neighbours, flows):
+        frame, flow = neighbours[0], flows[0].round().long()
+        b, c, h, w = frame.shape
+        rows = (torch.arange(h).view(1, h, 1) + flow[:, 1]).clamp(0, h - 1)
+        cols = (torch.arange(w).view(1, 1, w) + flow[:, 0]).clamp(0, w - 1)
+        index = (rows * w + cols).reshape(b, 1, h * w).expand(b, c, h * w)
+        warped = frame.reshape(b, c, h * w).gather(2, index).view(b, c, h, w)
+        return nn.functional.interpolate(warped, scale_factor=4, mode="nearest")
+
+
+def test_symmetries_are_the_eight_distinct_ones_and_invert():
+    image = torch.arange(2 * 3 * 5, dtype=torch.float32).view(1, 2, 3, 5)
+    seen = set()
+    for sym in upscale.SYMMETRIES:
+        moved = sym.image(image)
+        seen.add((tuple(moved.shape), tuple(moved.flatten().tolist())))
+        assert torch.equal(sym.invert(moved), image)
+    assert len(upscale.SYMMETRIES) == len(seen) == 8
+
+
+def test_self_ensemble_transforms_flows_with_the_frames():
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(2, 3, 12, 17, generator=g)
+    neighbours = [torch.rand(2, 3, 12, 17, generator=g)]
+    flows = [torch.randint(-3, 4, (2, 2, 12, 17), generator=g).float()]
+    kwargs = {"scale": 4, "channels_last": False, "auto_tile": False}
+    plain = upscale.Upscaler(WarpNeighbour(), **kwargs)(x, neighbours, flows)
+    ensemble = upscale.Upscaler(WarpNeighbour(), self_ensemble=True, **kwargs)
+    torch.testing.assert_close(ensemble(x, neighbours, flows), plain)
+    tiled = upscale.Upscaler(WarpNeighbour(), self_ensemble=True, scale=4, tile=16,
+                             tile_overlap=4, channels_last=False)
+    torch.testing.assert_close(tiled(x, neighbours, flows), plain)
+    # Flows carried along unchanged (as plain images) break the equivalence.
+    wrong = upscale.Symmetry(hflip=True, vflip=False, transpose=True)
+    moved = wrong.invert(WarpNeighbour()(wrong.image(x), [wrong.image(neighbours[0])],
+                                         [wrong.image(flows[0])]))
+    assert not torch.allclose(moved, plain)
+
+
+def test_self_ensemble_averages_the_eight_outputs_of_a_real_model():
+    model = tiny_model()
+    x, neighbours, flows = random_batch(1, 10, 14, 2)
+    bicubic = torch.rand(1, 3, 40, 56)
+    outputs = []
+    for sym in upscale.SYMMETRIES:
+        run = upscale.Upscaler(model, scale=4, auto_tile=False)
+        outputs.append(sym.invert(run(sym.image(x), [sym.image(n) for n in neighbours],
+                                      [sym.flow(f) for f in flows])))
+    ensemble = upscale.Upscaler(model, scale=4, residual=True, self_ensemble=True)
+    torch.testing.assert_close(ensemble(x, neighbours, flows, bicubic),
+                               torch.stack(outputs).mean(0) + bicubic)
+    assert (outputs[0] - outputs[5]).abs().mean() > 1e-3  # a random model is not symmetric
+
+
 def test_flows_repeated_neighbours_are_computed_once(monkeypatch):
     rng = np.random.default_rng(0)
     a, b = (Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)) for _ in "ab")
@@ -214,3 +281,32 @@ def test_in_background_keeps_order_and_raises_worker_errors():
 
 def test_available_memory_is_positive():
     assert upscale.available_memory(torch.device("cpu")) > 0
+
+
+RETENTION_RUN = """
+import json, sys, torch
+import cli, rbpn, upscale
+torch.manual_seed(0)
+net = rbpn.Net(base_filter=8, feat=8, n_resblock=1, nFrames=3, scale_factor=4).eval()
+h = w = 64
+probe = upscale.Upscaler(net, scale=4)
+per_pixel, fixed = probe.memory_per_pixel(2)
+need = per_pixel * h * w + fixed + 3 * h * w * 16 * 4  # model and the CPU output canvas
+up = upscale.Upscaler(net, scale=4, retain_freed_memory=True, max_memory=float(sys.argv[1]) * need)
+x = torch.rand(1, 3, h, w)
+up(x, [x, x], [torch.zeros(1, 2, h, w)] * 2)
+print(json.dumps([cli.freed_memory_retained(), up.last_tile]))
+"""
+
+
+@pytest.mark.parametrize("room, retained, tiled", [(4.0, True, False), (1.5, False, False),
+                                                   (0.5, False, True)])
+def test_freed_memory_is_retained_only_where_the_budget_has_room(room, retained, tiled):
+    """Retention is process-wide, so each case runs in a process of its own."""
+    result = subprocess.run([sys.executable, "-c", RETENTION_RUN, str(room)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr
+    got_retained, tile = json.loads(result.stdout)
+    assert got_retained is (retained and platform.libc_ver()[0] == "glibc")
+    assert (tile > 0) is tiled
