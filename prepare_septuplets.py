@@ -8,10 +8,11 @@ and ``sep_trainlist.txt`` (plus ``sep_testlist.txt`` with ``--test_fraction``), 
 with ``--data_dir <output>/sequences --file_list sep_trainlist.txt``. Each frame is scaled down
 until it just covers the requested size, then cropped (centre, or random crops, the same box for
 the seven frames of a window). Windows that span a scene cut are skipped. A still image (an
-input PIL opens as an image) gives ``--pans`` synthetic camera pans instead: seven crops along a
-straight path with a random whole-pixel velocity (so no resampling softens the frames; the
-x4 LR frames then move by quarter pixels), up to ``--pan_speed`` pixels per frame. The result
-depends only on the inputs and ``--seed``. Vid4 is the standard test set: do not train on it.
+input named with an image suffix, IMAGE_SUFFIXES) gives ``--pans`` synthetic camera pans
+instead: seven crops along a straight path with a random whole-pixel velocity (so no resampling
+softens the frames; the x4 LR frames then move by quarter pixels), up to ``--pan_speed`` pixels
+per frame. The result depends only on the inputs and ``--seed``. Vid4 is the standard test
+set: do not train on it.
 """
 
 from __future__ import annotations
