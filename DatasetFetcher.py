@@ -36,6 +36,7 @@ from pathlib import PurePosixPath
 
 from tqdm import tqdm
 
+import atomic
 import cli
 
 DEFAULT_URL = "http://data.csail.mit.edu/tofu/testset/vimeo_test_clean.zip"
@@ -207,14 +208,7 @@ def read_list(path: str) -> list[str]:
 
 
 def write_list(path: str, entries: Sequence[str]) -> None:
-    _atomic_write(path, "".join(f"{e}\n" for e in entries))
-
-
-def _atomic_write(path: str, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
+    atomic.write_text(path, "".join(f"{e}\n" for e in entries), FetchError)
 
 
 def install(root: str, output: str, renumber: bool) -> dict:
@@ -315,7 +309,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise FetchError(f"{archive}: {err}") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    _atomic_write(marker, json.dumps({**wanted, "sha256": args.sha256, **summary}, indent=1))
+    atomic.write_text(marker, json.dumps({**wanted, "sha256": args.sha256, **summary}, indent=1),
+                      FetchError)
     if not args.keep_archive:
         os.remove(archive)
     print(f"{output}: {summary['septuplets']} septuplets ready "

@@ -9,22 +9,19 @@ and our training state. Files from outside are untrusted: ``torch.load`` runs wi
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import pickle
 import re
-import uuid
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 from torch import nn
 
+import atomic
 import cli
-import rbpn
-from base_networks import projection_kernel
 
 TRAIN_STATE_FORMAT = "iseebetter-train-state"
 TRAIN_STATE_VERSION = 1
@@ -33,7 +30,6 @@ TRAIN_STATE_VERSION = 1
 _WRAPPER_KEYS = ("netG", "params_ema", "params", "state_dict", "model")
 # Prefixes added by DataParallel / DistributedDataParallel and by torch.compile.
 _PREFIXES = ("module.", "_orig_mod.")
-_KERNEL_TO_SCALE = {projection_kernel(s)[0]: s for s in (2, 4, 8)}
 
 
 class CheckpointError(cli.CLIError):
@@ -133,45 +129,6 @@ def load_training_state(path: str | os.PathLike) -> dict:
     return obj
 
 
-def _shape(state_dict: Mapping[str, torch.Tensor], key: str, ndim: int) -> tuple[int, ...]:
-    if key not in state_dict:
-        some = ", ".join(list(state_dict)[:3])
-        raise CheckpointError(f"not an RBPN generator: no {key!r} (its keys start {some}, ...)")
-    shape = tuple(state_dict[key].shape)
-    if len(shape) != ndim:
-        raise CheckpointError(f"not an RBPN generator: {key} has shape {shape}")
-    return shape
-
-
-def infer_rbpn_config(state_dict: Mapping[str, torch.Tensor]) -> dict[str, int]:
-    """The ``rbpn.Net`` constructor arguments that produce tensors of these shapes.
-
-    Raises ``CheckpointError`` when the tensors are not an RBPN's or fit no valid
-    configuration (e.g. a projection kernel that matches no scale).
-    """
-    sd = strip_prefixes(state_dict)
-    base_filter, num_channels = _shape(sd, "feat0.conv.weight", 4)[:2]
-    feat = _shape(sd, "DBPN.feat1.conv.weight", 4)[0]
-    fused = _shape(sd, "DBPN.output.conv.weight", 4)[1]
-    kernel = _shape(sd, "DBPN.up1.up_conv1.deconv.weight", 4)[2]
-    out_channels, hr_channels = _shape(sd, "output.conv.weight", 4)[:2]
-    if kernel not in _KERNEL_TO_SCALE:
-        known = ", ".join(f"x{s}: {k}" for k, s in _KERNEL_TO_SCALE.items())
-        raise CheckpointError(f"not a valid RBPN: projection kernel {kernel}x{kernel} fits no "
-                              f"scale ({known})")
-    consistent = (fused == 3 * feat and hr_channels % feat == 0 and hr_channels >= feat
-                  and out_channels == num_channels)
-    if not consistent:
-        raise CheckpointError(f"not a valid RBPN: inconsistent shapes (feat {feat}, DBPN fusion "
-                              f"{fused} channels, output {out_channels}x{hr_channels})")
-    n_resblock = 0
-    while f"res_feat1.{n_resblock}.conv1.weight" in sd:
-        n_resblock += 1
-    return {"num_channels": num_channels, "base_filter": base_filter, "feat": feat,
-            "num_stages": 3, "n_resblock": n_resblock, "nFrames": hr_channels // feat + 1,
-            "scale_factor": _KERNEL_TO_SCALE[kernel]}
-
-
 def _summary(names: list[str], limit: int = 4) -> str:
     shown = ", ".join(names[:limit])
     return f"{shown}, ... ({len(names) - limit} more)" if len(names) > limit else shown
@@ -200,36 +157,14 @@ def load_into(module: nn.Module, state_dict: Mapping[str, torch.Tensor],
         problems.append(f"{len(mismatched)} shapes differ (checkpoint vs model): "
                         f"{_summary(mismatched, 3)}")
     if problems:
-        hint = ""
-        if isinstance(module, rbpn.Net):
-            try:
-                hint = f" (the weights are an RBPN with {_describe(infer_rbpn_config(sd))})"
-            except CheckpointError:
-                hint = " (the weights are not an RBPN generator's)"
+        describe = getattr(module, "describe_weights", None)  # e.g. rbpn.Net's
+        hint = f" ({describe(sd)})" if describe is not None else ""
         raise CheckpointError(f"{what}: the weights do not fit the model{hint}: "
                               + "; ".join(problems))
     try:
         module.load_state_dict(sd, strict=True)
     except RuntimeError as err:
         raise CheckpointError(f"{what}: {str(err).strip().splitlines()[-1]}") from err
-
-
-def _describe(config: Mapping[str, int]) -> str:
-    return ", ".join(f"{k}={v}" for k, v in config.items())
-
-
-def load_generator(path: str | os.PathLike,
-                   device: str | torch.device = "cpu") -> tuple[rbpn.Net, dict[str, int]]:
-    """An ``rbpn.Net`` in eval mode with the weights of ``path``, its configuration inferred
-    from the tensor shapes (so any RBPN checkpoint runs without extra flags)."""
-    sd = load_state_dict(path)
-    try:
-        config = infer_rbpn_config(sd)
-    except CheckpointError as err:
-        raise CheckpointError(f"{path}: {err}") from None
-    net = rbpn.Net(**config, init="kaiming")  # the init is overwritten by the weights
-    load_into(net, sd, what=str(path))
-    return net.to(device).eval(), config
 
 
 def model_card_path(weights: str | os.PathLike) -> Path:
@@ -261,33 +196,13 @@ def read_model_card(weights: str | os.PathLike) -> dict:
 def write_model_card(weights: str | os.PathLike, card: Mapping[str, object]) -> None:
     """Write the model card beside ``weights`` atomically (values that JSON lacks, such as
     paths, are written as strings)."""
-    text = json.dumps(card, indent=2, default=str) + "\n"
-    _atomic_write(model_card_path(weights), lambda tmp: tmp.write_text(text, encoding="utf-8"))
-
-
-def _atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None:
-    """Write through a temporary file in the same folder, then rename: a crash or a full disk
-    never leaves a half-written ``path`` (an existing one stays intact)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    if path.parent.exists() and not path.parent.is_dir():
-        raise CheckpointError(f"cannot write {path}: {path.parent} is not a folder")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write(tmp)
-        with open(tmp, "rb") as written:
-            os.fsync(written.fileno())
-        os.replace(tmp, path)
-    except OSError as err:
-        raise CheckpointError(f"cannot write {path}: {err.strerror or err}") from err
-    finally:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
+    atomic.write_text(model_card_path(weights), json.dumps(card, indent=2, default=str) + "\n",
+                      CheckpointError)
 
 
 def atomic_torch_save(obj: object, path: str | os.PathLike) -> None:
-    """``torch.save(obj, path)``, atomically (see ``_atomic_write``)."""
-    _atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    """``torch.save(obj, path)``, atomically."""
+    atomic.write_atomically(path, lambda tmp: torch.save(obj, tmp), CheckpointError)
 
 
 def save_weights(state_dict: Mapping[str, torch.Tensor], path: str | os.PathLike) -> None:
@@ -299,6 +214,8 @@ def save_weights(state_dict: Mapping[str, torch.Tensor], path: str | os.PathLike
         from safetensors.torch import save_file
         # safetensors refuses views and tensors sharing storage: give each its own memory.
         tensors = {k: v.contiguous().clone() for k, v in tensors.items()}
-        _atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
+        atomic.write_atomically(
+            path, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}),
+            CheckpointError)
     else:
         atomic_torch_save(tensors, path)

@@ -8,13 +8,13 @@ and anything else is rejected by argparse with the flag's name.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import os
 import random
 import re
 import sys
 import traceback
-from collections.abc import Callable, Sequence
+import types
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -28,6 +28,41 @@ class CLIError(Exception):
 
     ``run_cli`` prints it as one ``error: ...`` line and exits with status 2.
     """
+
+
+class ParameterError(CLIError, ValueError):
+    """A bad argument to library code. It names the parameter (``tile=5: must be ...``) so a
+    notebook user knows what to fix; ``run_cli`` shows it as the script's flag instead
+    (``--tile 5: must be ...``).
+
+    Args:
+        parameter: the parameter's name in the library call.
+        value: the value given.
+        problem: what is wrong with it.
+    """
+
+    def __init__(self, parameter: str, value: object, problem: str):
+        self.parameter, self.value, self.problem = parameter, value, problem
+        super().__init__(f"{parameter}={value!r}: {problem}")
+
+    def as_flag(self, flags: Mapping[str, str]) -> str:
+        """The message for the command line: ``--<flag> <value>: <problem>``."""
+        return f"--{flags.get(self.parameter, self.parameter)} {self.value}: {self.problem}"
+
+
+class Options(types.SimpleNamespace):
+    """A script's parsed options, read-only once made: what the command line said, settled
+    (defaults resolved) and then never changed, so what is saved with a checkpoint
+    (``to_dict``) is what the run used."""
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"options are read-only (tried to set {name!r})")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"options are read-only (tried to delete {name!r})")
+
+    def to_dict(self) -> dict:
+        return dict(vars(self))
 
 
 def str2bool(value: str | bool) -> bool:
@@ -86,53 +121,30 @@ def parse_size(text: str, minimum: int = 1) -> tuple[int, int]:
     return width, height
 
 
-# glibc mallopt parameters
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-_MALLOC_SETTINGS = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "GLIBC_TUNABLES")
-_retaining = False
+def run_cli(main: Callable, argv: Sequence[str] | None = None, *,
+            parse: Callable[[list[str]], object] | None = None,
+            flags: Mapping[str, str] | None = None) -> None:
+    """Run a script and turn failures into one readable line and a non-zero exit.
 
-
-def retain_freed_memory() -> bool:
-    """Have glibc's malloc keep freed memory for reuse instead of returning it to the kernel.
-
-    PyTorch's CPU allocator frees each activation after its layer. With glibc's defaults the
-    large ones are mmap'd and unmapped every time, and the next frame faults the same pages in
-    again: 52 of the 8-frame demo's 117 CPU-seconds were spent in the kernel, and it ran 1.8x
-    faster with this. The price is a higher peak (freed blocks that do not fit the next request
-    stay mapped), so ``upscale.Upscaler`` only asks for it when the budget has room. Returns
-    whether it is in effect: not where malloc is not glibc's, nor when the user set
-    MALLOC_*_ or GLIBC_TUNABLES themselves. Process-wide and not undone.
-    """
-    global _retaining
-    if _retaining or any(name in os.environ for name in _MALLOC_SETTINGS):
-        return _retaining
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    limit = 2**31 - 1  # the largest value an int parameter takes: never trim, never mmap
-    _retaining = bool(mallopt(_M_MMAP_THRESHOLD, limit)) and bool(
-        mallopt(_M_TRIM_THRESHOLD, limit))
-    return _retaining
-
-
-def freed_memory_retained() -> bool:
-    """Whether ``retain_freed_memory`` is in effect in this process."""
-    return _retaining
-
-
-def run_cli(main: Callable[[Sequence[str] | None], int | None],
-            argv: Sequence[str] | None = None) -> None:
-    """Run a script's ``main`` and turn failures into one readable line and a non-zero exit.
-
-    ``CLIError`` (bad input) exits 2; an unexpected exception exits 1 with a one-line
-    summary, or with the full traceback when ``-d``/``--debug`` is on the command line.
+    With ``parse``, the command line is parsed first and ``main`` gets the parsed arguments;
+    their ``debug`` attribute (``-d/--debug``, ``-v``) asks for full tracebacks. Without it,
+    ``main`` gets the raw arguments. ``ISB_DEBUG=1`` in the environment asks for tracebacks too.
+    ``CLIError`` (bad input) exits 2; a ``ParameterError`` from library code is shown with the
+    flag's name (``flags`` maps parameter names to flag names where they differ). An
+    unexpected exception exits 1 with a one-line summary.
     """
     args = list(sys.argv[1:] if argv is None else argv)
-    debug = "-d" in args or "--debug" in args or os.environ.get("ISB_DEBUG") == "1"
+    debug = os.environ.get("ISB_DEBUG") == "1"
     try:
-        code = main(args)
+        if parse is not None:
+            parsed = parse(args)
+            debug = debug or bool(getattr(parsed, "debug", False))
+            code = main(parsed)
+        else:
+            code = main(args)
+    except ParameterError as err:
+        print(f"error: {err.as_flag(flags or {})}", file=sys.stderr)
+        sys.exit(2)
     except CLIError as err:
         print(f"error: {_one_line(err)}", file=sys.stderr)
         sys.exit(2)

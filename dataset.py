@@ -5,9 +5,13 @@ A sample is built from one target frame and its ``nFrames - 1`` neighbours:
 * HR frames are cropped to a multiple of the scale ("modcrop") and downscaled with PIL bicubic;
 * training crops a random LR patch (and the matching HR patch), then augments every frame the
   same way (top-bottom flip, left-right flip, 180 degree rotation, each with p = 0.5);
-* pyflow computes the flow from the LR target to each LR neighbour (in parallel threads), after
-  cropping and augmenting, with iSeeBetter's parameters;
+* ``optical_flow`` computes the flow from the LR target to each LR neighbour (pyflow with
+  iSeeBetter's parameters, in parallel threads), after cropping and augmenting;
 * ``bicubic`` is the LR target upscaled back with PIL bicubic.
+
+A sample is a ``frames.Sample`` (``input, target, neighbor, flow, bicubic``); reading and
+resizing frames is ``frames``'s work, the flow ``optical_flow``'s: this module decides which
+frames, which patch and which augmentation make each sample.
 
 Two layouts are read: Vimeo-90K septuplets (``<data_dir>/<clip>/<seq>/im1.png..im7.png``, the
 list names ``<clip>/<seq>``) and "other datasets" such as Vid4 (the list names numbered frames
@@ -20,8 +24,6 @@ workers). Greyscale, palette, RGBA and 16-bit images are converted to 8-bit RGB.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import random
 import re
@@ -36,19 +38,26 @@ import torch
 import torch.utils.data as data
 from PIL import Image
 
-import cli
+import optical_flow
+from cli import ParameterError
+from frames import (
+    SCALES,
+    DataError,
+    Sample,
+    check_nframes,
+    downscale,
+    modcrop,
+    neighbour_offsets,
+    read_rgb,
+    to_tensor,
+    upscale,
+)
 
-SCALES = (2, 4, 8)
 VIMEO_FRAMES = 7  # im1.png .. im7.png
-_CACHE_VERSION = 1
 _NUMBERED = re.compile(r"^(.*?)(\d+)$")
 # LR pixels of context for a bicubic patch: PIL's bicubic kernel reaches 2 LR pixels, so with
 # 3 the patch is bit-identical to the same crop of the whole downscaled frame (tested).
 _BICUBIC_MARGIN = 3
-
-
-class DataError(cli.CLIError):
-    """Bad training or test data: a missing, unreadable or ill-sized file, or a bad file list."""
 
 
 class BadSampleWarning(UserWarning):
@@ -56,92 +65,7 @@ class BadSampleWarning(UserWarning):
 
 
 # ---------------------------------------------------------------------------------------------
-# Reading frames
-
-
-def read_rgb(path: str) -> Image.Image:
-    """Decode an image file fully into an 8-bit RGB PIL image.
-
-    Greyscale, palette and alpha images are converted with PIL (alpha is dropped, as the
-    original's ``convert('RGB')`` does); 16-bit greyscale is scaled to 8 bits (x / 257,
-    rounded) instead of being clipped; 32-bit integer and float images are refused.
-    Raises :class:`DataError` naming the file for a missing, unreadable or truncated image.
-    """
-    if not os.path.exists(path):
-        raise DataError(f"{path}: missing frame")
-    try:
-        with Image.open(path) as image:
-            image.load()  # decode now: a truncated file must fail here, not later
-            return _to_rgb8(image, path)
-    except DataError:
-        raise
-    except Exception as err:  # noqa: BLE001 - PIL raises many types for broken files
-        raise DataError(f"{path}: unreadable or truncated image ({err})") from None
-
-
-def _to_rgb8(image: Image.Image, path: str) -> Image.Image:
-    if image.mode == "RGB":
-        return image.copy()
-    if image.mode.startswith("I;16"):
-        grey = np.asarray(image).astype(np.float64)
-        return Image.fromarray(np.round(grey / 257.0).astype(np.uint8)).convert("RGB")
-    if image.mode in ("I", "F") or image.mode.startswith("I;"):
-        raise DataError(f"{path}: {image.mode} images ({'float' if image.mode == 'F' else '32-bit'}"
-                        " samples) are not supported; save the frames as 8- or 16-bit PNG")
-    return image.convert("RGB")
-
-
-def modcrop(image: Image.Image, modulo: int) -> Image.Image:
-    """Crop the right and bottom edges so that both sides are multiples of ``modulo``."""
-    width, height = image.size
-    return image.crop((0, 0, width - width % modulo, height - height % modulo))
-
-
-def downscale(image: Image.Image, scale: int) -> Image.Image:
-    """PIL bicubic downscale by an integer factor (the original's LR frames)."""
-    width, height = image.size
-    return image.resize((int(width / scale), int(height / scale)), Image.BICUBIC)
-
-
-def upscale(image: Image.Image, scale: int) -> Image.Image:
-    """PIL bicubic upscale by an integer factor (the original's ``bicubic`` input)."""
-    width, height = image.size
-    return image.resize((width * scale, height * scale), Image.BICUBIC)
-
-
-def to_tensor(image: Image.Image) -> torch.Tensor:
-    """An RGB PIL image as a float32 (3, H, W) tensor in [0, 1], like torchvision's ToTensor.
-
-    The same float32 division as ToTensor's ``div(255)``, done in NumPy: torch's kernel on the
-    permuted uint8 view is ~40x slower and this runs seven times per sample.
-    """
-    chw = np.ascontiguousarray(np.asarray(image, dtype=np.uint8).transpose(2, 0, 1))
-    return torch.from_numpy(chw.astype(np.float32) / np.float32(255))
-
-
-# ---------------------------------------------------------------------------------------------
 # Which frames make a sample
-
-
-def check_nframes(nFrames: int, future_frame: bool, other_dataset: bool) -> None:
-    """Refuse frame counts the layout cannot supply (a clear ``--nFrames`` error)."""
-    if nFrames < 2:
-        raise cli.CLIError(f"--nFrames {nFrames}: need at least 2 frames "
-                           "(a target and a neighbour)")
-    if future_frame and nFrames % 2 == 0:
-        raise cli.CLIError(f"--nFrames {nFrames}: with future frames the count must be odd "
-                           "(the target in the middle), e.g. 3, 5 or 7")
-    if not other_dataset and nFrames > VIMEO_FRAMES:
-        raise cli.CLIError(f"--nFrames {nFrames}: a Vimeo-90K septuplet has only "
-                           f"{VIMEO_FRAMES} frames")
-
-
-def neighbour_offsets(nFrames: int, future_frame: bool) -> list[int]:
-    """Frame offsets of the neighbours from the target, in the original's order."""
-    half = nFrames // 2
-    if future_frame:
-        return [x for x in range(-half, half + 1) if x != 0]
-    return [-i for i in range(1, nFrames)]  # nearest first
 
 
 def vimeo_frames(seq_dir: str, nFrames: int, future_frame: bool) -> tuple[str, list[str]]:
@@ -259,105 +183,6 @@ def augment_flow(flow: np.ndarray, aug: Augment) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------
-# Optical flow
-
-
-def _pyflow():
-    import pyflow  # lazily: the dataset module must import without the compiled extension
-
-    return pyflow
-
-
-def flow_params() -> dict:
-    """iSeeBetter's pyflow parameters (alpha 0.012, ratio 0.75, minWidth 20, 7, 1, 30, RGB)."""
-    return dict(_pyflow().ISEEBETTER_PARAMS)
-
-
-def _as_flow_input(image: Image.Image) -> np.ndarray:
-    return np.asarray(image, dtype=np.float64) / 255.0
-
-
-def compute_flows(target: Image.Image, neighbours: Sequence[Image.Image],
-                  threads: int | None = None) -> list[np.ndarray]:
-    """pyflow from the LR target to each neighbour, as float32 (2, H, W) arrays [u, v]."""
-    if not neighbours:
-        return []
-    pyflow = _pyflow()
-    results = pyflow.coarse2fine_flows(
-        _as_flow_input(target), [_as_flow_input(n) for n in neighbours],
-        max_workers=threads or len(neighbours), **pyflow.ISEEBETTER_PARAMS)
-    return [np.stack([u, v]).astype(np.float32) for u, v, _ in results]
-
-
-class FlowCache:
-    """Full-frame LR flows on disk, computed once and reused across epochs.
-
-    An entry is keyed by both frames (real path, size and modification time), the LR size, the
-    scale, how the LR frame was made and the pyflow parameters, so an edited frame or a changed
-    setting never reuses a stale flow. Entries are written atomically (temporary file and
-    ``os.replace``), so concurrent DataLoader workers and killed runs never leave a torn entry;
-    an unreadable entry is recomputed.
-
-    Args:
-        root: the cache folder (created when missing).
-    """
-
-    def __init__(self, root: str) -> None:
-        self.root = os.path.abspath(root)
-        try:
-            os.makedirs(self.root, exist_ok=True)
-        except OSError as err:
-            raise cli.CLIError(f"--flow_cache {root}: cannot create the folder ({err})") from None
-        if not os.access(self.root, os.W_OK):
-            raise cli.CLIError(f"--flow_cache {root}: the folder is not writable")
-
-    def key(self, target: str, neighbour: str | None, lr_size: tuple[int, int], scale: int,
-            upscale_only: bool, params: dict) -> str:
-        """A hex digest naming the flow from ``target`` to ``neighbour`` (None: the target)."""
-        fields = {"version": _CACHE_VERSION, "target": _file_id(target),
-                  "neighbour": _file_id(neighbour or target), "lr_size": list(lr_size),
-                  "scale": scale, "upscale_only": upscale_only, "params": params}
-        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
-
-    def path(self, key: str) -> str:
-        return os.path.join(self.root, key[:2], key + ".npy")
-
-    def load(self, key: str, shape: tuple[int, int]) -> np.ndarray | None:
-        """The cached flow, or None when absent or unusable (torn, wrong shape, not finite)."""
-        path = self.path(key)
-        if not os.path.exists(path):
-            return None
-        try:
-            flow = np.load(path, allow_pickle=False)
-        except Exception:  # noqa: BLE001 - any unreadable entry is simply recomputed
-            return None
-        ok = (flow.dtype == np.float32 and flow.shape == (2, *shape)
-              and bool(np.isfinite(flow).all()))
-        return flow if ok else None
-
-    def store(self, key: str, flow: np.ndarray) -> None:
-        """Write an entry atomically; a full disk or a read-only cache only costs speed."""
-        path = self.path(key)
-        try:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
-            try:
-                with os.fdopen(fd, "wb") as handle:
-                    np.save(handle, flow, allow_pickle=False)
-                os.replace(tmp, path)
-            except BaseException:
-                os.unlink(tmp)
-                raise
-        except OSError as err:
-            warnings.warn(f"flow cache: could not write {path} ({err})", stacklevel=2)
-
-
-def _file_id(path: str) -> list:
-    stat = os.stat(path)
-    return [os.path.realpath(path), stat.st_size, stat.st_mtime_ns]
-
-
-# ---------------------------------------------------------------------------------------------
 # The datasets
 
 
@@ -372,8 +197,8 @@ def _read_list(data_dir: str, file_list: str) -> tuple[str, list[str]]:
                   os.path.join(os.path.dirname(os.path.normpath(data_dir)), file_list)]
     found = next((c for c in candidates if os.path.isfile(c)), None)
     if found is None:
-        raise DataError(f"--file_list {file_list}: not found (looked for "
-                        f"{', '.join(dict.fromkeys(candidates))})")
+        raise ParameterError("file_list", file_list, f"not found (looked for "
+                             f"{', '.join(dict.fromkeys(candidates))})")
     try:
         with open(found, encoding="utf-8") as handle:
             entries = [line.strip() for line in handle if line.strip()]
@@ -418,7 +243,7 @@ def _remove_if_owner(path: str, owner: int) -> None:
 
 
 class DatasetFromFolder(data.Dataset):
-    """Samples ``(input, target, neighbor, flow, bicubic)`` for training, evaluation or testing.
+    """``frames.Sample``s for training, evaluation or testing.
 
     Args:
         image_dir: the data folder (``vimeo_septuplet/sequences``, ``Vid4``, ...).
@@ -434,24 +259,22 @@ class DatasetFromFolder(data.Dataset):
         skip_bad: replace a sample with bad data by the next good one, with a warning, and count
             it in ``skipped`` instead of raising :class:`DataError`.
         patch_position: ``"random"`` (training) or ``"centre"`` (deterministic evaluation).
-        flow_threads: threads computing one sample's flows (None: one per neighbour).
     """
 
     def __init__(self, image_dir: str, nFrames: int, upscale_factor: int,
                  data_augmentation: bool, file_list: str, other_dataset: bool, patch_size: int,
                  future_frame: bool, upscale_only: bool = False, flow_cache: str | None = None,
-                 skip_bad: bool = False, patch_position: str = "random",
-                 flow_threads: int | None = None) -> None:
+                 skip_bad: bool = False, patch_position: str = "random") -> None:
         super().__init__()
-        check_nframes(nFrames, future_frame, other_dataset)
+        check_nframes(nFrames, future_frame, None if other_dataset else VIMEO_FRAMES)
         if upscale_factor not in SCALES:
-            raise cli.CLIError(f"--upscale_factor {upscale_factor}: must be one of {SCALES}")
+            raise ParameterError("upscale_factor", upscale_factor, f"must be one of {SCALES}")
         if patch_size < 0:
-            raise cli.CLIError(f"--patch_size {patch_size}: must be 0 (whole frame) or positive")
+            raise ParameterError("patch_size", patch_size, "must be 0 (whole frame) or positive")
         if patch_position not in ("random", "centre"):
-            raise ValueError(f"patch_position must be 'random' or 'centre', not {patch_position!r}")
+            raise ParameterError("patch_position", patch_position, "must be 'random' or 'centre'")
         if not os.path.isdir(image_dir):
-            raise DataError(f"--data_dir {image_dir}: folder not found")
+            raise ParameterError("image_dir", image_dir, "folder not found")
         self.data_dir = image_dir
         self.list_path, entries = _read_list(image_dir, file_list)
         self.entries = [os.path.join(image_dir, e) for e in entries]
@@ -463,8 +286,7 @@ class DatasetFromFolder(data.Dataset):
         self.future_frame = future_frame
         self.upscale_only = upscale_only
         self.patch_position = patch_position
-        self.flow_threads = flow_threads
-        self.flow_cache = FlowCache(flow_cache) if flow_cache else None
+        self.flow_cache = optical_flow.FlowCache(flow_cache) if flow_cache else None
         self.skip_bad = skip_bad
         self._skipped = SkipCounter() if skip_bad else None
         self._bad: set[int] = set()  # per process: known-bad indices are not read again
@@ -517,7 +339,7 @@ class DatasetFromFolder(data.Dataset):
                               stacklevel=2)
         raise DataError(f"{self.list_path}: every sample is bad ({len(self)} tried)")
 
-    def load_sample(self, index: int):
+    def load_sample(self, index: int) -> Sample:
         """Build sample ``index``; raises :class:`DataError` on bad data (no skipping)."""
         target_path, neighbour_paths = self.frame_paths(index)
         target, frames = self._read_frames(target_path, neighbour_paths)
@@ -542,7 +364,7 @@ class DatasetFromFolder(data.Dataset):
         hr = augment_image(hr, aug) if hr is not None else None
 
         if full_flows is None:
-            flows = compute_flows(lr, neighbours, self.flow_threads)
+            flows = optical_flow.compute_flows(lr, neighbours)
         else:
             if patch is not None:
                 box = np.s_[:, patch.top:patch.top + patch.size, patch.left:patch.left + patch.size]
@@ -550,9 +372,10 @@ class DatasetFromFolder(data.Dataset):
             flows = [augment_flow(f, aug) for f in full_flows]
 
         bicubic = upscale(lr, self.upscale_factor)
-        return (to_tensor(lr), to_tensor(hr) if hr is not None else torch.zeros(0),
-                [to_tensor(n) for n in neighbours], [torch.from_numpy(f) for f in flows],
-                to_tensor(bicubic))
+        return Sample(input=to_tensor(lr),
+                      target=to_tensor(hr) if hr is not None else torch.zeros(0),
+                      neighbor=[to_tensor(n) for n in neighbours],
+                      flow=[torch.from_numpy(f) for f in flows], bicubic=to_tensor(bicubic))
 
     def _read_frames(self, target_path: str, neighbour_paths: Sequence[str | None]):
         """The target and neighbour frames (None: replaced by the target), size-checked and,
@@ -594,20 +417,14 @@ class DatasetFromFolder(data.Dataset):
         without a cache."""
         if self.flow_cache is None:
             return None
-        params = flow_params()
-        keys = [self.flow_cache.key(target_path, p, lr_size, self.upscale_factor,
-                                    self.upscale_only, params) for p in neighbour_paths]
-        flows = [self.flow_cache.load(k, (lr_size[1], lr_size[0])) for k in keys]
-        missing = [i for i, f in enumerate(flows) if f is None]
-        if missing:
+
+        def lr_frames(missing: list[int]):
             lr = self._lr(target, None, lr_size)
-            others = [lr if frames[i] is None else self._lr(frames[i], None, lr_size)
-                      for i in missing]
-            for i, flow in zip(missing, compute_flows(lr, others, self.flow_threads),
-                               strict=True):
-                self.flow_cache.store(keys[i], flow)
-                flows[i] = flow
-        return flows
+            return lr, [lr if frames[i] is None else self._lr(frames[i], None, lr_size)
+                        for i in missing]
+
+        return self.flow_cache.flows(target_path, neighbour_paths, lr_size, self.upscale_factor,
+                                     self.upscale_only, lr_frames)
 
     def _target_path(self, entry: str) -> str:
         if self.other_dataset:

@@ -13,9 +13,9 @@ bundled demo clip is upscaled with the bundled weights (see ``--help``).
 from __future__ import annotations
 
 import argparse
-import csv
+import dataclasses
 import importlib.util
-import json
+import io
 import math
 import os
 import sys
@@ -30,20 +30,23 @@ from PIL import Image, ImageDraw
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-import checkpoint
+import atomic
 import cli
 import data
-import dataset
+import frames
+import generator
+import rbpn
 import upscale
 import video
-from metrics import score, to_uint8
+from metrics import Scoreboard, to_uint8
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_MODEL = "weights/iSeeBetter_4x_compact.pth"
 DEMO_CLIP = "bigbuckbunny.mp4"
 DEMO_FRAMES = 48
 DEMO_OUTPUT = "results/bigbuckbunny_x4.mp4"
-METRIC_KEYS = ("psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb")
+# Library parameters whose flag has another name.
+FLAG_NAMES = {"image_dir": "data_dir"}
 
 
 def bundled_clip() -> Path:
@@ -100,15 +103,16 @@ def build_parser() -> argparse.ArgumentParser:
                        help="generator weights (.pth state_dict, DataParallel or training "
                             "state, or .safetensors); the configuration is read from the "
                             "weights (default: %(default)s)")
-    model.add_argument("--model_type", default="RBPN", choices=["RBPN"],
-                       help="generator (default: RBPN)")
+    model.add_argument("--model_type", default="RBPN", choices=list(generator.ARCHITECTURES),
+                       help="generator architecture; the weights must be one (default: RBPN)")
     model.add_argument("-s", "--upscale_factor", type=int, default=None,
                        help="scale factor; must match the model (default: the model's)")
     model.add_argument("--nFrames", type=int, default=None,
                        help="frames per prediction, target included; must match the model "
                             "(default: the model's)")
-    flag(model, "--future_frame", default=True,
-         help="use frames after the target as well as before it")
+    flag(model, "--future_frame", default=None,
+         help="use frames after the target as well as before it; unset: as the model card "
+              "<weights>.json says, else on")
     flag(model, "-r", "--residual", default=None,
          help="add the bicubic upsampling to the output (for models trained with --residual); "
               "unset: as the model card <weights>.json says (the bundled weights have one), "
@@ -151,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     compute.add_argument("--flow_threads", type=int, default=None,
                          help="threads computing one frame's optical flows (default: one per "
                               "neighbour)")
-    compute.add_argument("--precision", default="fp32", choices=list(upscale.PRECISIONS),
+    compute.add_argument("--precision", default="fp32", choices=list(generator.PRECISIONS),
                          help="fp32, or bf16/fp16 autocast (CPU and GPU; default: %(default)s)")
     flag(compute, "--channels_last", default=True,
          help="run the model in NHWC memory format (faster in fp32 on CPUs: 1.23x for "
@@ -183,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+def parse_args(argv: Sequence[str]) -> cli.Options:
     """Parse and check the flags; no arguments at all means the bundled demo."""
     argv = list(argv)
     if not argv:
@@ -217,7 +221,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         raise cli.CLIError(f"--flow_threads {args.flow_threads}: must be at least 1")
     if not 0 <= args.crf <= 51:
         raise cli.CLIError(f"--crf {args.crf}: must be between 0 and 51")
-    return args
+    if args.max_memory is not None and args.max_memory <= 0:
+        raise cli.CLIError(f"--max_memory {args.max_memory:g}: must be positive (GiB)")
+    return cli.Options(**vars(args))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -232,32 +238,36 @@ def resolve_model_path(path: str) -> Path:
     return candidate
 
 
-def load_model(args: argparse.Namespace, device: torch.device) -> tuple[torch.nn.Module, dict]:
-    """The generator and its configuration, checked against -s and --nFrames."""
+def load_model(args: cli.Options, device: torch.device
+               ) -> tuple[torch.nn.Module, rbpn.ModelConfig]:
+    """The generator and its configuration: the model card's (or the shapes'), with -s and
+    --nFrames checked against it, and -r / --future_frame, when given, taking precedence."""
     path = resolve_model_path(args.model)
     if not path.exists():
         hint = (" (the bundled weights are not there: train a model with iSeeBetterTrain.py "
                 "or pass -m/--model)" if args.model == DEFAULT_MODEL else "")
         raise cli.CLIError(f"model file not found: {args.model}{hint}")
-    net, config = checkpoint.load_generator(path, device=device)
-    if args.residual is None:
-        args.residual = checkpoint.read_model_card(path).get("residual", False)
-    scale, frames = config["scale_factor"], config["nFrames"]
-    if args.upscale_factor is not None and args.upscale_factor != scale:
+    net, config = generator.load_generator(path, device=device)
+    if not isinstance(config, generator.architecture(args.model_type)):
+        raise cli.CLIError(f"--model_type {args.model_type}: {args.model} is not one")
+    if args.upscale_factor is not None and args.upscale_factor != config.scale_factor:
         raise cli.CLIError(f"-s/--upscale_factor {args.upscale_factor} does not match "
-                           f"{args.model}, a x{scale} model")
-    if args.nFrames is not None and args.nFrames != frames:
+                           f"{args.model}, a x{config.scale_factor} model")
+    if args.nFrames is not None and args.nFrames != config.nFrames:
         raise cli.CLIError(f"--nFrames {args.nFrames} does not match {args.model}, which "
-                           f"takes {frames} frames")
+                           f"takes {config.nFrames} frames")
+    given = {name: getattr(args, name) for name in ("residual", "future_frame")
+             if getattr(args, name) is not None}
+    config = dataclasses.replace(config, **given)
     if args.gpus > 1 and device.type == "cuda":
         net = torch.nn.DataParallel(net, device_ids=list(range(args.gpus)))
     return net, config
 
 
-def make_upscaler(args: argparse.Namespace, net: torch.nn.Module, config: dict,
+def make_upscaler(args: cli.Options, net: torch.nn.Module, config: rbpn.ModelConfig,
                   device: torch.device) -> upscale.Upscaler:
     return upscale.Upscaler(
-        net, scale=config["scale_factor"], device=device, residual=args.residual,
+        net, scale=config.scale_factor, device=device, residual=config.residual,
         precision=args.precision, tile=args.tile, tile_overlap=args.tile_overlap,
         chop_forward=args.chop_forward, auto_tile=args.auto_tile,
         max_memory=None if args.max_memory is None else args.max_memory * 2**30,
@@ -265,93 +275,18 @@ def make_upscaler(args: argparse.Namespace, net: torch.nn.Module, config: dict,
         retain_freed_memory=True)
 
 
-def describe(config: dict, args: argparse.Namespace, device: torch.device) -> str:
-    return (f"RBPN x{config['scale_factor']}, {config['nFrames']} frames, base_filter "
-            f"{config['base_filter']}, feat {config['feat']}, {config['n_resblock']} resblocks; "
-            f"{device.type}, {args.precision}" + (", self-ensemble x8" if args.self_ensemble
-                                                  else ""))
+def describe(config: rbpn.ModelConfig, args: cli.Options, device: torch.device) -> str:
+    return (f"RBPN x{config.scale_factor}, {config.nFrames} frames, base_filter "
+            f"{config.base_filter}, feat {config.feat}, {config.n_resblock} resblocks"
+            + (", residual" if config.residual else "") + f"; {device.type}, {args.precision}"
+            + (", self-ensemble x8" if args.self_ensemble else ""))
 
 
-# ---------------------------------------------------------------------------------------------
-# Scores
-
-
-class Scoreboard:
-    """Per-frame PSNR/SSIM of ours and bicubic, with per-clip means and their average.
-
-    Args:
-        crop: border ignored by the metrics (the scale factor).
-    """
-
-    def __init__(self, crop: int):
-        self.crop = crop
-        self.rows: list[dict] = []
-
-    def add(self, clip: str, frame: str, sr: np.ndarray, bicubic: np.ndarray, hr: np.ndarray,
-            seconds: float) -> dict:
-        ours, base = score(sr, hr, self.crop), score(bicubic, hr, self.crop)
-        row = {"clip": clip, "frame": frame, "seconds": seconds, **ours,
-               **{f"bicubic_{k}": v for k, v in base.items()}}
-        self.rows.append(row)
-        return row
-
-    def clips(self) -> dict[str, dict]:
-        """Mean of every metric per clip, in the order clips were first seen."""
-        grouped: dict[str, list[dict]] = {}
-        for row in self.rows:
-            grouped.setdefault(row["clip"], []).append(row)
-        return {clip: {"frames": len(rows), **{k: float(np.mean([r[k] for r in rows]))
-                                               for k in self._keys()}}
-                for clip, rows in grouped.items()}
-
-    def average(self) -> dict:
-        """The mean over clips of the clip means (how VSR papers average Vid4)."""
-        clips = list(self.clips().values())
-        return {"frames": sum(c["frames"] for c in clips),
-                **{k: float(np.mean([c[k] for c in clips])) for k in self._keys()}}
-
-    def _keys(self) -> list[str]:
-        return ["seconds", *METRIC_KEYS, *(f"bicubic_{k}" for k in METRIC_KEYS)]
-
-    def table(self) -> str:
-        head = (f"{'clip':<16}{'frames':>7}  {'bicubic Y':>15}  {'ours Y':>15}  "
-                f"{'bicubic RGB':>15}  {'ours RGB':>15}   (PSNR dB / SSIM, crop {self.crop})")
-        lines = [head]
-
-        def line(name: str, m: dict) -> str:
-            cells = [f"{m[p + 'psnr_' + c]:7.2f} / {m[p + 'ssim_' + c]:.4f}"
-                     for c in ("y", "rgb") for p in ("bicubic_", "")]
-            return f"{name:<16}{m['frames']:>7}  " + "  ".join(cells)
-
-        for clip, means in self.clips().items():
-            lines.append(line(clip, means))
-        if len(self.clips()) > 1:
-            lines.append(line("average", self.average()))
-        return "\n".join(lines)
-
-    def write(self, csv_path: Path, json_path: Path, info: dict) -> None:
-        """metrics.csv (frames, then a "mean" row per clip and the average) and metrics.json."""
-        fields = ["clip", "frame", "seconds", *METRIC_KEYS, *(f"bicubic_{k}" for k in METRIC_KEYS)]
-        clips, average = self.clips(), self.average()
-        try:
-            with open(csv_path, "w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
-                writer.writeheader()
-                writer.writerows(self.rows)
-                for clip, means in clips.items():
-                    writer.writerow({"clip": clip, "frame": "mean", **means})
-                writer.writerow({"clip": "average", "frame": "mean", **average})
-            with open(json_path, "w") as f:
-                json.dump({**info, "crop": self.crop, "clips": clips, "average": average,
-                           "frames": self.rows}, f, indent=1, default=_json_number)
-        except OSError as err:
-            raise cli.CLIError(f"cannot write {err.filename}: {err.strerror}") from None
-
-
-def _json_number(value: object) -> object:
-    if isinstance(value, np.generic):
-        return value.item()
-    raise TypeError(f"cannot write {type(value).__name__} to JSON")
+def run_info(args: cli.Options, config: rbpn.ModelConfig) -> dict:
+    """What the metrics files record about the run."""
+    return {"model": str(args.model), "scale": config.scale_factor,
+            "config": config.to_dict(), "residual": config.residual,
+            "precision": args.precision, "self_ensemble": args.self_ensemble}
 
 
 def progress(total: int | None, what: str) -> tqdm:
@@ -363,11 +298,9 @@ def progress(total: int | None, what: str) -> tqdm:
 
 
 def save_png(image: np.ndarray, path: Path) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(image).save(path)
-    except OSError as err:
-        raise cli.CLIError(f"cannot write {path}: {err.strerror or err}") from None
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="png")
+    atomic.write_atomically(path, lambda tmp: tmp.write_bytes(buffer.getvalue()))
 
 
 def compare_panel(panels: list[tuple[str, np.ndarray]], size: int) -> np.ndarray:
@@ -399,13 +332,15 @@ def check_output_folder(output: Path, data_dir: str) -> None:
         raise cli.CLIError(f"cannot write to --output {output}: {err.strerror or err}") from None
 
 
-def run_dataset(args: argparse.Namespace, device: torch.device) -> None:
+def run_dataset(args: cli.Options, device: torch.device) -> None:
     output = Path(args.output or "results")
     check_output_folder(output, args.data_dir)
     net, config = load_model(args, device)
-    scale = config["scale_factor"]
-    test_set = data.get_test_set(args.data_dir, config["nFrames"], scale, args.file_list,
-                                 args.other_dataset, args.future_frame, args.upscale_only)
+    scale = config.scale_factor
+    test_set = data.get_test_set(args.data_dir, config.nFrames, scale, file_list=args.file_list,
+                                 other_dataset=args.other_dataset,
+                                 future_frame=config.future_frame,
+                                 upscale_only=args.upscale_only)
     upscaler = make_upscaler(args, net, config, device)
     names = [test_set.sample_name(i) for i in range(len(test_set))]
     clips = [os.path.dirname(n) or Path(args.data_dir).resolve().name for n in names]
@@ -424,37 +359,36 @@ def run_dataset(args: argparse.Namespace, device: torch.device) -> None:
     index = 0
     try:
         with progress(len(names), "upscaling") as bar:
-            for x, target, neighbours, flows, bicubic in loader:
+            for batch in loader:
                 tick = time.perf_counter()
-                sr = upscaler(x, neighbours, flows, bicubic)
-                seconds = (time.perf_counter() - tick) / len(x)
-                for i in range(len(x)):
+                sr = upscaler(batch.input, batch.neighbor, batch.flow, batch.bicubic)
+                seconds = (time.perf_counter() - tick) / len(sr)
+                for i in range(len(sr)):
                     name, clip = names[index], clips[index]
                     image = to_uint8(sr[i])
+                    bicubic = to_uint8(batch.bicubic[i])
                     save_png(image, (output / name).with_suffix(".png"))
                     if not args.upscale_only:
-                        row = board.add(clip, Path(name).stem, image, to_uint8(bicubic[i]),
-                                        to_uint8(target[i]), seconds)
+                        row = board.add(clip, Path(name).stem, image, to_uint8(batch.target[i]),
+                                        bicubic, seconds)
                         bar.set_postfix_str(f"{clip} PSNR-Y {row['psnr_y']:.2f}")
                         if args.debug:
                             tqdm.write(f"{name}: {seconds:.2f} s, PSNR-Y {row['psnr_y']:.2f}, "
                                        f"SSIM-Y {row['ssim_y']:.4f}")
                     if index in compare_at:
-                        panels = [("bicubic", to_uint8(bicubic[i])), ("iSeeBetter", image)]
+                        panels = [("bicubic", bicubic), ("iSeeBetter", image)]
                         if not args.upscale_only:
-                            panels.append(("ground truth", to_uint8(target[i])))
+                            panels.append(("ground truth", to_uint8(batch.target[i])))
                         save_png(compare_panel(panels, args.compare_size),
                                  output / f"{clip.replace('/', '_')}_compare.png")
                     index += 1
-                bar.update(len(x))
+                bar.update(len(sr))
     finally:  # scores of the frames done so far survive an interruption
         if board.rows:
             print(board.table())
             board.write(output / "metrics.csv", output / "metrics.json",
-                        {"model": str(args.model), "data_dir": args.data_dir,
-                         "file_list": args.file_list, "scale": scale,
-                         "config": config, "residual": args.residual,
-                         "precision": args.precision, "self_ensemble": args.self_ensemble})
+                        {**run_info(args, config), "data_dir": args.data_dir,
+                         "file_list": args.file_list})
     took = time.perf_counter() - start
     where = f"{output}/" + (", metrics in metrics.csv and metrics.json" if board.rows else "")
     print(f"wrote {index} frames to {where} in {took:.1f} s")
@@ -464,7 +398,7 @@ def run_dataset(args: argparse.Namespace, device: torch.device) -> None:
 # Video mode
 
 
-def video_output_path(args: argparse.Namespace, scale: int) -> Path:
+def video_output_path(args: cli.Options, scale: int) -> Path:
     default_name = f"{Path(args.video).stem}_x{scale}.mp4"
     if args.output is None:
         return Path("results") / default_name
@@ -474,7 +408,7 @@ def video_output_path(args: argparse.Namespace, scale: int) -> Path:
     return output
 
 
-def run_video(args: argparse.Namespace, device: torch.device) -> None:
+def run_video(args: cli.Options, device: torch.device) -> None:
     reader = video.VideoReader(args.video, args.start_time, args.max_frames)
     try:
         net, config = load_model(args, device)
@@ -492,12 +426,12 @@ def prefetch(samples: Iterator, device: torch.device, batch: int) -> Iterator:
     return iter(samples)
 
 
-def _upscale_video(args: argparse.Namespace, reader: video.VideoReader, net: torch.nn.Module,
-                   config: dict, device: torch.device) -> None:
-    scale, n_frames = config["scale_factor"], config["nFrames"]
+def _upscale_video(args: cli.Options, reader: video.VideoReader, net: torch.nn.Module,
+                   config: rbpn.ModelConfig, device: torch.device) -> None:
+    scale, n_frames = config.scale_factor, config.nFrames
     info = reader.info
-    dataset.check_nframes(n_frames, args.future_frame, other_dataset=True)
-    offsets = dataset.neighbour_offsets(n_frames, args.future_frame)
+    frames.check_nframes(n_frames, config.future_frame)
+    offsets = frames.neighbour_offsets(n_frames, config.future_frame)
     if args.downscale_first:
         lr_w, lr_h = info.width // scale, info.height // scale
         if min(lr_w, lr_h) < 2:
@@ -516,27 +450,28 @@ def _upscale_video(args: argparse.Namespace, reader: video.VideoReader, net: tor
           + f" -> {lr_w * scale}x{lr_h * scale}; {describe(config, args, device)}",
           file=sys.stderr)
     board = Scoreboard(crop=scale)
-    frames = (upscale.make_lr_frame(f.image, scale, args.downscale_first, f.pts, f.index)
-              for f in reader)
-    need_bicubic = args.residual or args.downscale_first
-    samples = ((target, upscale.make_inputs(target, neighbours, scale, args.flow_threads,
-                                            bicubic=need_bicubic))
-               for target, neighbours in upscale.frame_windows(frames, offsets))
+    lr_frames = (frames.make_lr_frame(f.image, scale, args.downscale_first, f.pts, f.index)
+                 for f in reader)
+    need_bicubic = config.residual or args.downscale_first
+    samples = ((target, frames.make_sample(target, neighbours, scale, args.flow_threads,
+                                           bicubic=need_bicubic))
+               for target, neighbours in frames.frame_windows(lr_frames, offsets))
     start = time.perf_counter()
     try:
         with (progress(reader.expected_frames() or None, "upscaling") as bar,
               closing(prefetch(samples, device, args.testBatchSize)) as prepared):
-            for group in upscale.batched(prepared, args.testBatchSize):
+            for group in frames.batched(prepared, args.testBatchSize):
                 tick = time.perf_counter()
-                x, neighbours, flows, bicubic = upscale.collate([s for _, s in group])
-                sr = upscaler(x, neighbours, flows, bicubic)
+                batch = frames.collate([s for _, s in group])
+                sr = upscaler(batch.input, batch.neighbor, batch.flow, batch.bicubic)
                 seconds = (time.perf_counter() - tick) / len(group)
                 for i, (target, _) in enumerate(group):
                     image = to_uint8(sr[i])
                     writer.write(image, target.pts)
                     if target.hr is not None:
                         row = board.add(output.stem, str(target.index), image,
-                                        to_uint8(bicubic[i]), np.asarray(target.hr), seconds)
+                                        np.asarray(target.hr), to_uint8(batch.bicubic[i]),
+                                        seconds)
                         bar.set_postfix_str(f"PSNR-Y {row['psnr_y']:.2f} (bicubic "
                                             f"{row['bicubic_psnr_y']:.2f})")
                 bar.update(len(group))
@@ -557,10 +492,8 @@ def _upscale_video(args: argparse.Namespace, reader: video.VideoReader, net: tor
         print(board.table())
         stem = output.with_suffix("")
         board.write(Path(f"{stem}_metrics.csv"), Path(f"{stem}_metrics.json"),
-                    {"model": str(args.model), "video": str(info.path), "scale": scale,
-                     "config": config, "residual": args.residual, "precision": args.precision,
-                     "self_ensemble": args.self_ensemble, "start_time": args.start_time,
-                     "frames_upscaled": writer.frames})
+                    {**run_info(args, config), "video": str(info.path),
+                     "start_time": args.start_time, "frames_upscaled": writer.frames})
     sound = ("no audio" if writer.audio_codec is None else
              f"audio {writer.audio_codec} {'copied' if writer.audio_copied else 're-encoded'}")
     fps = writer.frames / took if took > 0 else math.inf
@@ -569,7 +502,12 @@ def _upscale_video(args: argparse.Namespace, reader: video.VideoReader, net: tor
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    """Run with the options of a command line (``sys.argv``'s when None)."""
+    return run(parse_args(sys.argv[1:] if argv is None else argv))
+
+
+def run(args: cli.Options) -> int:
+    """Run with parsed options."""
     cli.seed_everything(args.seed)
     device = cli.select_device(args.gpu_mode, args.gpus)
     if args.data_dir:
@@ -580,4 +518,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    cli.run_cli(main)
+    cli.run_cli(run, parse=parse_args, flags=FLAG_NAMES)

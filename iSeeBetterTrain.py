@@ -9,7 +9,7 @@ The paper's recipe fine-tunes a pretrained RBPN with the four-fold loss
     python iSeeBetterTrain.py --resume                        # continue a stopped run exactly
 
 Each iteration takes one discriminator step on 1 - D(real) + D(fake.detach()), then one
-generator step on the generator loss with a fresh D(fake). See docs/notes/train.md.
+generator step on the generator loss with a fresh D(fake). See docs/training.md.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from tqdm import tqdm
 import checkpoint
 import cli
 import data
+import generator
 import loss
 import metrics
 import rbpn
@@ -55,8 +56,11 @@ from training import (
 )
 
 # Flags that fix the shape of the saved weights or the meaning of a mid-epoch position.
-_RESUME_MUST_MATCH = ("upscale_factor", "nFrames", "base_filter", "feat", "n_resblock", "gan")
-_RESUME_MID_EPOCH_MUST_MATCH = ("batchSize", "world_size")
+_RESUME_MUST_MATCH = ("model_type", "upscale_factor", "nFrames", "base_filter", "feat",
+                      "n_resblock", "gan")
+_RESUME_MID_EPOCH_MUST_MATCH = ("batchSize",)
+# Library parameters whose flag has another name.
+FLAG_NAMES = {"image_dir": "data_dir"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: %(default)s)")
 
     g = p.add_argument_group("model")
-    g.add_argument("--model_type", default="RBPN", choices=("RBPN",),
+    g.add_argument("--model_type", default="RBPN", choices=tuple(generator.ARCHITECTURES),
                    help="generator architecture (default: %(default)s)")
     add_bool(g, "-r", "--residual", default=False,
              help="the generator predicts the residual over the bicubic upsampling")
@@ -186,8 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="at most this many GPUs for --useDataParallel (default: %(default)s)")
     add_bool(g, "--useDataParallel", default=False,
              help="split each batch over the GPUs with nn.DataParallel (torchrun is faster)")
-    g.add_argument("--amp", default="none", choices=("none", "bf16", "fp16"),
-                   help="mixed precision; fp16 needs CUDA and uses a gradient scaler "
+    g.add_argument("--amp", default="none", choices=("none", *generator.PRECISIONS),
+                   help="mixed precision: bf16 or fp16 autocast (fp16 needs CUDA and uses a "
+                        "gradient scaler); none (= fp32) trains in float32 "
                         "(default: %(default)s)")
     add_bool(g, "--channels_last", default=False,
              help="NHWC memory format (faster convolutions on recent GPUs)")
@@ -196,15 +201,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+def parse_args(argv: Sequence[str] | None) -> cli.Options:
+    """The checked options, with the defaults that depend on other flags settled."""
     args = build_parser().parse_args(argv)
-    if args.APITLoss:
-        if args.loss not in (None, "fourfold"):
-            raise cli.CLIError(f"--APITLoss selects the four-fold loss; it contradicts "
-                               f"--loss {args.loss}")
-        args.loss = "fourfold"
-    args.loss = args.loss or "fourfold"
-    if not args.gan and args.loss == "fourfold":
+    if args.APITLoss and args.loss not in (None, "fourfold"):
+        raise cli.CLIError(f"--APITLoss selects the four-fold loss; it contradicts "
+                           f"--loss {args.loss}")
+    loss_type = "fourfold" if args.APITLoss else args.loss or "fourfold"
+    if not args.gan and loss_type == "fourfold":
         raise cli.CLIError("--no-gan needs --loss l1 or --loss mse (the four-fold loss has an "
                            "adversarial term)")
     for name, low in (("batchSize", 1), ("nEpochs", 1), ("start_epoch", 1), ("nFrames", 2),
@@ -217,17 +221,25 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         raise cli.CLIError(f"--start_epoch {args.start_epoch} is after --nEpochs {args.nEpochs}")
     if not (args.lr > 0 and math.isfinite(args.lr)):
         raise cli.CLIError(f"--lr must be a positive number, got {args.lr}")
-    if args.lr_step is None:
-        args.lr_step = args.nEpochs // 2
-    if args.lr_step < 0:
-        raise cli.CLIError(f"--lr_step must be at least 0, got {args.lr_step}")
+    lr_step = args.nEpochs // 2 if args.lr_step is None else args.lr_step
+    if lr_step < 0:
+        raise cli.CLIError(f"--lr_step must be at least 0, got {lr_step}")
     if not Path(args.data_dir).is_dir():
         raise cli.CLIError(f"--data_dir {args.data_dir}: no such folder")
-    args.statistics_dir = args.statistics_dir or str(Path(args.save_folder) / "statistics")
-    return args
+    return cli.Options(**{**vars(args), "loss": loss_type, "lr_step": lr_step,
+                          "statistics_dir": args.statistics_dir
+                          or str(Path(args.save_folder) / "statistics")})
 
 
-def default_validation_list(args: argparse.Namespace) -> str | None:
+def model_config(args: cli.Options) -> rbpn.ModelConfig:
+    """The generator's configuration that the flags describe."""
+    return generator.architecture(args.model_type)(
+        base_filter=args.base_filter, feat=args.feat, n_resblock=args.n_resblock,
+        nFrames=args.nFrames, scale_factor=args.upscale_factor, residual=args.residual,
+        future_frame=args.future_frame)
+
+
+def default_validation_list(args: cli.Options) -> str | None:
     """sep_testlist.txt beside the training list, when it exists and is not the training list
     (the list is found where the data loader finds it: in, as given, or beside --data_dir)."""
     data_dir = Path(args.data_dir)
@@ -258,12 +270,14 @@ def setup_distributed(gpu_mode: bool) -> tuple[int, int, torch.device]:
     return rank, world_size, torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
 
 
-def build_data(args: argparse.Namespace, rank: int, world_size: int, device: torch.device
+def build_data(args: cli.Options, rank: int, world_size: int, device: torch.device
                ) -> tuple[SeededSamples, EpochSampler, DataLoader, DataLoader | None]:
     """The training set, its sampler and loader, and (on rank 0) the validation loader."""
     train_set = SeededSamples(data.get_training_set(
-        args.data_dir, args.nFrames, args.upscale_factor, args.data_augmentation, args.file_list,
-        args.other_dataset, args.patch_size, args.future_frame, flow_cache=args.flow_cache,
+        args.data_dir, args.nFrames, args.upscale_factor,
+        data_augmentation=args.data_augmentation, file_list=args.file_list,
+        other_dataset=args.other_dataset, patch_size=args.patch_size,
+        future_frame=args.future_frame, flow_cache=args.flow_cache,
         skip_bad=args.skip_bad_samples), args.seed)
     sampler = EpochSampler(len(train_set), args.seed, rank, world_size)
     loader = DataLoader(train_set, batch_size=args.batchSize, sampler=sampler,
@@ -277,21 +291,20 @@ def build_data(args: argparse.Namespace, rank: int, world_size: int, device: tor
         print("note: no held-out list (--val_file_list), validation is skipped", file=sys.stderr)
         return train_set, sampler, loader, None
     val_set = data.get_eval_set(
-        args.val_data_dir or args.data_dir, args.nFrames, args.upscale_factor, False, val_list,
-        args.other_dataset, 0, args.future_frame, flow_cache=args.flow_cache,
+        args.val_data_dir or args.data_dir, args.nFrames, args.upscale_factor,
+        data_augmentation=False, file_list=val_list, other_dataset=args.other_dataset,
+        patch_size=0, future_frame=args.future_frame, flow_cache=args.flow_cache,
         skip_bad=args.skip_bad_samples)
     val_loader = DataLoader(evenly_spaced(val_set, args.val_max_samples), batch_size=1,
                             num_workers=args.threads)
     return train_set, sampler, loader, val_loader
 
 
-def build_trainer(args: argparse.Namespace, device: torch.device, world_size: int,
+def build_trainer(args: cli.Options, device: torch.device, world_size: int,
                   is_main: bool) -> tuple[GANTrainer, list]:
     """Models (built in a fixed order after seeding, so a resumed run rebuilds them alike),
     optimizers, learning-rate schedulers and the iteration step."""
-    netG = rbpn.Net(num_channels=3, base_filter=args.base_filter, feat=args.feat, num_stages=3,
-                    n_resblock=args.n_resblock, nFrames=args.nFrames,
-                    scale_factor=args.upscale_factor, init=args.init)
+    netG = model_config(args).build(init=args.init)
     netD = Discriminator() if args.gan else None
     criterion = loss.GeneratorLoss(loss_type=args.loss, vgg_weights=args.vgg_weights,
                                    random_vgg=args.random_vgg, imagenet_norm=args.imagenet_norm)
@@ -332,8 +345,9 @@ def build_trainer(args: argparse.Namespace, device: torch.device, world_size: in
     elif args.useDataParallel and is_main:
         print("note: --useDataParallel needs several CUDA devices; using one", file=sys.stderr)
     trainer = GANTrainer(models[0], models[1] if args.gan else None, criterion, optimizers[0],
-                         optimizers[1] if args.gan else None, device=device, loss_type=args.loss,
-                         amp=args.amp, residual=args.residual, channels_last=args.channels_last,
+                         optimizers[1] if args.gan else None, device=device,
+                         precision="fp32" if args.amp == "none" else args.amp,
+                         residual=args.residual, channels_last=args.channels_last,
                          nan_policy=args.nan_policy)
     return trainer, schedulers
 
@@ -349,17 +363,17 @@ class Progress:
     seconds: float = 0.0  # training time of this epoch
 
 
-def state_path(args: argparse.Namespace) -> Path:
+def state_path(args: cli.Options) -> Path:
     return Path(args.save_folder) / f"{args.prefix}train_state.pth"
 
 
-def weights_path(args: argparse.Namespace, net: str, epoch: int) -> Path:
+def weights_path(args: cli.Options, net: str, epoch: int) -> Path:
     """The original's netG/netD_epoch_<scale>_<epoch>.pth, in --save_folder."""
     return Path(args.save_folder) / f"{args.prefix}{net}_epoch_{args.upscale_factor}_{epoch}.pth"
 
 
-def save_state(args: argparse.Namespace, trainer: GANTrainer, schedulers: list, at: Progress,
-               running: RunningStats, is_main: bool) -> None:
+def save_state(args: cli.Options, trainer: GANTrainer, schedulers: list, at: Progress,
+               running: RunningStats, is_main: bool, world_size: int) -> None:
     """Write the full training state atomically (collective under DDP: all processes call it;
     the running sums are saved reduced, so rank 0's file holds everything)."""
     reduced = running.all_reduced()
@@ -371,20 +385,27 @@ def save_state(args: argparse.Namespace, trainer: GANTrainer, schedulers: list, 
              "schedulerG": schedulers[0].state_dict(),
              "schedulerD": schedulers[1].state_dict() if len(schedulers) > 1 else None,
              **dataclasses.asdict(at), "running": reduced.sums, "rng": rng_state(),
-             "args": vars(args)}
+             "args": args.to_dict(), "model_config": model_config(args).to_dict(),
+             "world_size": world_size}
     checkpoint.atomic_torch_save(state, state_path(args))
 
 
-def resume(args: argparse.Namespace, trainer: GANTrainer, schedulers: list,
-           is_main: bool) -> tuple[Progress, RunningStats]:
+def resume(args: cli.Options, trainer: GANTrainer, schedulers: list, is_main: bool,
+           world_size: int) -> tuple[Progress, RunningStats]:
     """Restore a training state; refuses one whose shape-defining flags differ."""
     path = Path(args.resume) if args.resume else state_path(args)
     state = checkpoint.load_training_state(path)
-    keys = _RESUME_MUST_MATCH + (_RESUME_MID_EPOCH_MUST_MATCH if state["epoch_iteration"] else ())
+    saved = {"model_type": "RBPN", **state["args"],  # version 1 kept world_size in its args
+             "world_size": state.get("world_size", state["args"].get("world_size"))}
+    now = {**args.to_dict(), "world_size": world_size}
+    keys = _RESUME_MUST_MATCH
+    if state["epoch_iteration"]:
+        keys += (*_RESUME_MID_EPOCH_MUST_MATCH, "world_size")
     for key in keys:
-        if state["args"].get(key) != getattr(args, key):
-            raise cli.CLIError(f"--resume {path}: it was trained with --{key} "
-                               f"{state['args'].get(key)}, not {getattr(args, key)}")
+        if saved.get(key) != now[key]:
+            what = "processes" if key == "world_size" else f"--{key}"
+            raise cli.CLIError(f"--resume {path}: it was trained with {what} "
+                               f"{saved.get(key)}, not {now[key]}")
     trainer.load_state_dict(state, source=str(path))
     for sched, key in zip(schedulers, ("schedulerG", "schedulerD"), strict=False):
         sched.load_state_dict(state[key])
@@ -402,22 +423,25 @@ def validate(trainer: GANTrainer, loader: DataLoader, scale: int) -> dict[str, f
     """Mean PSNR/SSIM (Y and RGB, a border of `scale` pixels ignored) on whole frames."""
     netG = unwrap(trainer.netG)
     netG.eval()
-    totals, count = dict.fromkeys(("psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb"), 0.0), 0
+    board = metrics.Scoreboard(crop=scale)
     for batch in tqdm(loader, desc="validation", leave=False, dynamic_ncols=True):
-        input, target, neighbor, flow, bicubic = trainer.to_device(batch)
-        sr = trainer.generate(netG, input, neighbor, flow, bicubic)
+        batch = trainer.to_device(batch)
+        sr = trainer.generate(netG, batch)
         for i in range(sr.shape[0]):
-            for key, value in metrics.score(sr[i], target[i], crop=scale).items():
-                totals[key] += value
-            count += 1
+            board.add("validation", str(len(board.rows)), sr[i], batch.target[i])
     netG.train()
-    means = {k: v / max(count, 1) for k, v in totals.items()}
+    means = board.average()
     return {"PSNR": means["psnr_y"], "SSIM": means["ssim_y"],
             "PSNR_RGB": means["psnr_rgb"], "SSIM_RGB": means["ssim_rgb"]}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
+    """Train with the options of a command line (``sys.argv``'s when None)."""
+    return run(parse_args(argv))
+
+
+def run(args: cli.Options) -> int:
+    """Train with parsed options (in every process of a torchrun job)."""
     rank, world_size, device = setup_distributed(args.gpu_mode)
     try:
         return train(args, rank, world_size, device)
@@ -426,8 +450,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             dist.destroy_process_group()
 
 
-def train(args: argparse.Namespace, rank: int, world_size: int, device: torch.device) -> int:
-    args.world_size = world_size
+def train(args: cli.Options, rank: int, world_size: int, device: torch.device) -> int:
     is_main = rank == 0
     if args.amp == "fp16" and device.type != "cuda":
         raise cli.CLIError("--amp fp16 needs CUDA; use --amp bf16 on the CPU")
@@ -440,7 +463,7 @@ def train(args: argparse.Namespace, rank: int, world_size: int, device: torch.de
     trainer, schedulers = build_trainer(args, device, world_size, is_main)
     at, running = Progress(epoch=args.start_epoch), RunningStats(trainer.columns)
     if args.resume is not None:
-        at, running = resume(args, trainer, schedulers, is_main)
+        at, running = resume(args, trainer, schedulers, is_main, world_size)
 
     log = None
     if is_main:
@@ -469,7 +492,7 @@ def train(args: argparse.Namespace, rank: int, world_size: int, device: torch.de
                 try:
                     stats = trainer.step(batch)
                 except NonFiniteLossError as err:
-                    save_state(args, trainer, schedulers, at, running, is_main)
+                    save_state(args, trainer, schedulers, at, running, is_main, world_size)
                     raise cli.CLIError(
                         f"{err} at epoch {at.epoch}, iteration {at.iteration + 1}; saved the last "
                         f"good state to {state_path(args)} (try a lower --lr, --amp none, or "
@@ -494,7 +517,7 @@ def train(args: argparse.Namespace, rank: int, world_size: int, device: torch.de
                 stopping = stop.agreed()
                 if (args.save_every_iters and at.iteration % args.save_every_iters == 0
                         or at_limit or stopping):
-                    save_state(args, trainer, schedulers, at, running, is_main)
+                    save_state(args, trainer, schedulers, at, running, is_main, world_size)
                     tick = time.perf_counter()  # saving is not training time
                 if at_limit or stopping:
                     bar.close()
@@ -506,15 +529,16 @@ def train(args: argparse.Namespace, rank: int, world_size: int, device: torch.de
             bar.close()
 
             # ---- the epoch's end: statistics, validation, snapshots, learning-rate decay
-            save_state(args, trainer, schedulers, at, running, is_main)  # a kill from here on
-            totals = running.all_reduced()                                # loses no training
+            # (saved first: a kill from here on loses no training)
+            save_state(args, trainer, schedulers, at, running, is_main, world_size)
+            totals = running.all_reduced()
             if is_main:
                 end_epoch(args, trainer, val_loader, log, at, totals)
             for sched in schedulers:
                 sched.step()
             at = Progress(epoch=at.epoch + 1, iteration=at.iteration)
             running = RunningStats(trainer.columns)
-            save_state(args, trainer, schedulers, at, running, is_main)
+            save_state(args, trainer, schedulers, at, running, is_main, world_size)
             if dist.is_initialized():
                 dist.barrier()
         if is_main:
@@ -527,7 +551,7 @@ def train(args: argparse.Namespace, rank: int, world_size: int, device: torch.de
     return 0
 
 
-def end_epoch(args: argparse.Namespace, trainer: GANTrainer, val_loader: DataLoader | None,
+def end_epoch(args: cli.Options, trainer: GANTrainer, val_loader: DataLoader | None,
               log: TrainLog, at: Progress, totals: RunningStats) -> None:
     """Rank 0's epoch end: validate, write the statistics row and the snapshots."""
     optD = trainer.optimizerD
@@ -548,26 +572,22 @@ def end_epoch(args: argparse.Namespace, trainer: GANTrainer, val_loader: DataLoa
         weights = {name: weights_of(net) for name, net in nets.items() if net is not None}
         for name, state in weights.items():
             checkpoint.save_weights(state, weights_path(args, name, at.epoch))
-        write_snapshot_card(args, weights["netG"], at, row)
+        write_snapshot_card(args, at, row)
 
 
-def write_snapshot_card(args: argparse.Namespace, generator_weights: dict, at: Progress,
-                        row: dict) -> None:
+def write_snapshot_card(args: cli.Options, at: Progress, row: dict) -> None:
     """A model card beside each generator snapshot, so that iSeeBetterTest.py uses it right
     (``--residual`` above all) without flags, and a snapshot says how it was made."""
     path = weights_path(args, "netG", at.epoch)
     checkpoint.write_model_card(path, {
         "name": f"iSeeBetter x{args.upscale_factor}, epoch {at.epoch} of {args.save_folder}",
         "file": path.name,
-        "config": checkpoint.infer_rbpn_config(generator_weights),
-        "residual": args.residual,
+        "config": model_config(args).to_dict(),
         "training": {"epoch": at.epoch, "iterations": at.iteration,
-                     "epoch_seconds": round(at.seconds, 1), "args": vars(args)},
+                     "epoch_seconds": round(at.seconds, 1), "args": args.to_dict()},
         "validation": {k: row[k] for k in ("PSNR", "SSIM", "PSNR_RGB", "SSIM_RGB") if k in row},
     })
 
 
 if __name__ == "__main__":
-    if "-v" in sys.argv[1:]:  # run_cli recognises -d/--debug; -v is the original's short form
-        os.environ["ISB_DEBUG"] = "1"
-    cli.run_cli(main)
+    cli.run_cli(run, parse=parse_args, flags=FLAG_NAMES)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -28,8 +29,33 @@ _VGG16_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M"
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
 
-# Weights of the four-fold loss (the paper's; the original's --APITLoss).
-FOURFOLD_WEIGHTS = {"image": 1.0, "adversarial": 0.001, "perceptual": 0.006, "tv": 2e-8}
+
+
+@dataclass(frozen=True)
+class Term:
+    """One term of the generator loss.
+
+    Args:
+        column: its column in the training statistics (CSV, plot, TensorBoard).
+        weight: its weight in the four-fold loss.
+        positive: always > 0, so the plot may show it on a log scale.
+    """
+
+    column: str
+    weight: float
+    positive: bool = True
+
+
+# The terms of the four-fold loss with the paper's weights (the original's --APITLoss). A new
+# term is an entry here and its value in GeneratorLoss.forward; the statistics follow.
+FOURFOLD_TERMS = {
+    "image": Term("ImageLoss", 1.0),
+    "adversarial": Term("AdversarialLoss", 0.001, positive=False),  # -mean(D(G(z)))
+    "perceptual": Term("PerceptualLoss", 0.006),
+    "tv": Term("TVLoss", 2e-8),
+}
+FOURFOLD_WEIGHTS = {name: term.weight for name, term in FOURFOLD_TERMS.items()}
+TERM_COLUMNS = {name: term.column for name, term in FOURFOLD_TERMS.items()}
 LOSS_TYPES = ("fourfold", "l1", "mse")
 
 
@@ -207,6 +233,11 @@ class GeneratorLoss(nn.Module):
         self.loss_network = (build_vgg(vgg_weights, random_vgg, imagenet_norm)
                              if loss_type == "fourfold" else None)
         self.tv_loss = TVLoss()
+
+    @property
+    def terms(self) -> tuple[str, ...]:
+        """The names of the terms ``forward`` returns."""
+        return tuple(FOURFOLD_TERMS) if self.loss_network is not None else ("image",)
 
     def forward(self, out_labels: torch.Tensor | None, out_images: torch.Tensor,
                 target_images: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

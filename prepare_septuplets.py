@@ -28,6 +28,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+import atomic
 import cli
 
 FRAMES = 7
@@ -219,8 +220,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                            f"{FRAMES} sampled frames or every window spans a scene cut")
     for file_name, entries in (("sep_trainlist.txt", train), ("sep_testlist.txt", test)):
         if entries or file_name == "sep_trainlist.txt":
-            with open(os.path.join(args.output, file_name), "w", encoding="utf-8") as handle:
-                handle.writelines(f"{e}\n" for e in entries)
+            atomic.write_text(os.path.join(args.output, file_name),
+                              "".join(f"{e}\n" for e in entries))
     print(f"{args.output}: {len(train)} training and {len(test)} test septuplets")
     return 0
 

@@ -27,9 +27,12 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset, Sampler, Subset
 from tqdm import tqdm
 
+import atomic
 import checkpoint
 import cli
+import generator
 import loss
+from frames import Sample
 
 # ----------------------------------------------------------------------------- sample order
 
@@ -112,11 +115,6 @@ class NonFiniteLossError(Exception):
     """A loss was NaN or Inf (on any process)."""
 
 
-# The loss helper's term names -> the statistics' column names.
-TERM_COLUMNS = {"image": "ImageLoss", "adversarial": "AdversarialLoss",
-                "perceptual": "PerceptualLoss", "tv": "TVLoss"}
-
-
 class GANTrainer:
     """One iSeeBetter iteration: a discriminator step on ``1 - D(real) + D(fake.detach())``,
     then a generator step on the generator loss with a fresh ``D(fake)``.
@@ -124,12 +122,11 @@ class GANTrainer:
     Args:
         netG: the generator (possibly wrapped in DataParallel or DistributedDataParallel).
         netD: the discriminator, or None to train the generator alone.
-        criterion: a ``loss.GeneratorLoss``.
+        criterion: a ``loss.GeneratorLoss``; when it has an adversarial term, D(fake) feeds it.
         optimizerG: the generator's optimizer.
         optimizerD: the discriminator's (None without netD).
         device: where batches are moved.
-        loss_type: "fourfold" (D(fake) feeds the adversarial term), "l1" or "mse".
-        amp: "none", "bf16" or "fp16" (fp16 scales the gradients).
+        precision: "fp32", or "bf16"/"fp16" autocast (fp16 scales the gradients).
         residual: add the bicubic upsampling to the generator's output.
         channels_last: feed NHWC tensors.
         nan_policy: "stop" raises NonFiniteLossError before a step with a NaN/Inf loss;
@@ -138,49 +135,44 @@ class GANTrainer:
 
     def __init__(self, netG: nn.Module, netD: nn.Module | None, criterion: nn.Module,
                  optimizerG: torch.optim.Optimizer, optimizerD: torch.optim.Optimizer | None, *,
-                 device: torch.device, loss_type: str = "fourfold", amp: str = "none",
-                 residual: bool = False, channels_last: bool = False, nan_policy: str = "stop"):
+                 device: torch.device, precision: str = "fp32", residual: bool = False,
+                 channels_last: bool = False, nan_policy: str = "stop"):
+        generator.check_precision(precision)
         self.netG, self.netD, self.criterion = netG, netD, criterion
         self.optimizerG, self.optimizerD = optimizerG, optimizerD
-        self.device, self.amp, self.residual = device, amp, residual
-        self.adversarial = loss_type == "fourfold"
+        self.device, self.precision, self.residual = device, precision, residual
+        self.adversarial = "adversarial" in criterion.terms
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.nan_policy = nan_policy
-        self.scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
+        self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
 
     @property
     def columns(self) -> tuple[str, ...]:
         """The names of the statistics ``step`` returns, for this setup."""
         gan = ("DLoss", "DScore", "GScore") if self.netD is not None else ()
-        terms = TERM_COLUMNS.values() if self.adversarial else (TERM_COLUMNS["image"],)
-        return (*gan, "GLoss", *terms)
+        return (*gan, "GLoss", *(loss.TERM_COLUMNS[t] for t in self.criterion.terms))
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        if self.amp == "none":
-            return contextlib.nullcontext()
-        dtype = torch.bfloat16 if self.amp == "bf16" else torch.float16
-        return torch.autocast(self.device.type, dtype=dtype)
+        return generator.autocast(self.device.type, self.precision)
 
-    def to_device(self, batch: Sequence) -> tuple:
-        """(input, target, neighbor, flow, bicubic) on the device, in the memory format."""
+    def to_device(self, batch: Sample) -> Sample:
+        """The batch on the device, in the memory format."""
         def move(t: torch.Tensor) -> torch.Tensor:
             return t.to(self.device, dtype=torch.float32, non_blocking=True,
                         memory_format=self.memory_format)
-        input, target, neighbor, flow, bicubic = batch
-        return (move(input), move(target), [move(n) for n in neighbor], [move(f) for f in flow],
-                move(bicubic))
+        return Sample(input=move(batch.input), target=move(batch.target),
+                      neighbor=[move(n) for n in batch.neighbor],
+                      flow=[move(f) for f in batch.flow], bicubic=move(batch.bicubic))
 
-    def generate(self, netG: nn.Module, input: torch.Tensor, neighbor: list, flow: list,
-                 bicubic: torch.Tensor) -> torch.Tensor:
-        """The super-resolved frames (fp32 under autocast too)."""
-        with self.autocast():
-            out = netG(input, neighbor, flow)
-        return out.float() + bicubic if self.residual else out.float()
+    def generate(self, netG: nn.Module, batch: Sample) -> torch.Tensor:
+        """The super-resolved frames of a batch on the device (fp32 under autocast too)."""
+        return generator.run_generator(netG, batch, self.residual, self.precision)
 
-    def step(self, batch: Sequence) -> dict[str, float] | None:
+    def step(self, batch: Sample) -> dict[str, float] | None:
         """Train on one batch: its statistics, or None when a NaN/Inf loss skipped the step."""
-        input, target, neighbor, flow, bicubic = self.to_device(batch)
-        fake = self.generate(self.netG, input, neighbor, flow, bicubic)
+        batch = self.to_device(batch)
+        target = batch.target
+        fake = self.generate(self.netG, batch)
         stats = {}
         if self.netD is not None:
             with self.autocast():
@@ -208,7 +200,7 @@ class GANTrainer:
         self.scaler.step(self.optimizerG)
         self.scaler.update()
         stats["GLoss"] = g_loss
-        stats.update({TERM_COLUMNS[k]: v for k, v in terms.items()})
+        stats.update({loss.TERM_COLUMNS[k]: v for k, v in terms.items()})
         values = torch.stack([v.detach().float().reshape(()) for v in stats.values()]).tolist()
         return dict(zip(stats, values, strict=True))
 
@@ -392,32 +384,25 @@ def set_rng_state(state: dict) -> None:
 
 # ----------------------------------------------------------------------------- statistics
 
-# The original's columns first (DScore = D(x), GScore = D(G(z)); PSNR/SSIM on Y), then ours.
+# The original's columns first (DScore = D(x), GScore = D(G(z)); PSNR/SSIM on Y), then the
+# loss terms (every term loss.py knows, so the CSV's layout does not depend on --loss), then ours.
 COLUMNS = (
     "Epoch", "DLoss", "GLoss", "DScore", "GScore", "PSNR", "SSIM",
-    "Iteration", "ImageLoss", "AdversarialLoss", "PerceptualLoss", "TVLoss",
+    "Iteration", *loss.TERM_COLUMNS.values(),
     "PSNR_RGB", "SSIM_RGB", "LR_G", "LR_D", "Samples", "Skipped", "Seconds",
 )
 
 # (title, columns, log scale) of each panel of the plot.
 _PANELS = (
-    ("losses", ("DLoss", "GLoss", "AdversarialLoss"), False),
-    ("generator loss terms (unweighted)", ("ImageLoss", "PerceptualLoss", "TVLoss"), True),
+    ("losses", ("DLoss", "GLoss", *(t.column for t in loss.FOURFOLD_TERMS.values()
+                                    if not t.positive)), False),
+    ("generator loss terms (unweighted)", tuple(t.column for t in loss.FOURFOLD_TERMS.values()
+                                                 if t.positive), True),
     ("discriminator: D(x), D(G(z))", ("DScore", "GScore"), False),
     ("validation PSNR (dB)", ("PSNR", "PSNR_RGB"), False),
     ("validation SSIM", ("SSIM", "SSIM_RGB"), False),
     ("learning rate", ("LR_G", "LR_D"), True),
 )
-
-
-def replace_atomically(path: Path, write) -> None:
-    """Call ``write(tmp_path)``, then rename the result over ``path``: never half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:
@@ -506,7 +491,7 @@ class TrainLog:
                 out = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
                 out.writeheader()
                 out.writerows(rows)
-        replace_atomically(self.csv_path, write)
+        atomic.write_atomically(self.csv_path, write)
 
     def plot(self, rows: list[dict[str, str]]) -> None:
         """Draw every column against the epoch into the PNG."""
@@ -535,7 +520,8 @@ class TrainLog:
             ax.set_xlabel("epoch")
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.grid(alpha=0.3)
-        replace_atomically(self.plot_path, lambda tmp: fig.savefig(tmp, format="png", dpi=80))
+        atomic.write_atomically(self.plot_path,
+                                lambda tmp: fig.savefig(tmp, format="png", dpi=80))
 
     def close(self) -> None:
         if self.writer is not None:

@@ -5,7 +5,8 @@ not grow with the length of the video. ``VideoWriter`` encodes H.264 (yuv420p) w
 input's frame rate and timestamps and copies the input's audio packets into the output
 without re-encoding when the output container accepts the codec (else re-encodes to AAC),
 trimmed to the span of the video frames written. The output is written to a temporary file
-beside the target and renamed into place when complete, so a failed run leaves no broken file.
+beside the target and renamed into place when complete (``atomic.PendingFile``), so a failed
+run leaves no broken file.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 import av
 import numpy as np
 
+import atomic
 from cli import CLIError
 
 
@@ -290,8 +292,7 @@ class VideoWriter:
         if width % 2 or height % 2:
             raise VideoError(f"cannot write {self.path}: H.264 yuv420p needs an even frame size, "
                              f"got {width}x{height}")
-        self._tmp = self.path.with_name(f".{self.path.stem}.{os.getpid()}.partial"
-                                        f"{self.path.suffix}")
+        self._pending = atomic.PendingFile(self.path, VideoError)
         self._time_base = Fraction(time_base)
         self._fps = Fraction(fps)
         self._trim_start = trim_start
@@ -299,7 +300,7 @@ class VideoWriter:
         self._last_pts: int | None = None
         self.frames = 0
         try:
-            self._container = av.open(str(self._tmp), "w", format=_format_for(self.path))
+            self._container = av.open(str(self._pending.tmp), "w", format=_format_for(self.path))
         except (av.FFmpegError, ValueError, OSError) as err:
             raise VideoError(f"cannot write {self.path}: {err}") from None
         self._audio = None
@@ -358,7 +359,7 @@ class VideoWriter:
                 self._audio.finish(float((last + self._offset_ticks) * self._time_base
                                          + 1 / self._fps))
             self._container.close()
-            os.replace(self._tmp, self.path)
+            self._pending.commit()
         except (av.FFmpegError, OSError) as err:
             self.abort()
             raise VideoError(f"cannot write {self.path}: {err}") from None
@@ -374,7 +375,7 @@ class VideoWriter:
             self._container.close()
         except (av.FFmpegError, AttributeError, ValueError, OSError):
             pass
-        self._tmp.unlink(missing_ok=True)
+        self._pending.abort()
 
     def __enter__(self) -> VideoWriter:
         return self

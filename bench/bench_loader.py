@@ -110,9 +110,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     cli.seed_everything(args.seed)
 
     def training_set(cache: str | None, augment: bool = True):
-        return data.get_training_set(args.data_dir, args.nFrames, args.upscale_factor, augment,
-                                     args.file_list, False, args.patch_size, True,
-                                     flow_cache=cache)
+        return data.get_training_set(args.data_dir, args.nFrames, args.upscale_factor,
+                                     data_augmentation=augment, file_list=args.file_list,
+                                     other_dataset=False, patch_size=args.patch_size,
+                                     future_frame=True, flow_cache=cache)
 
     print(f"loader benchmark: {args.data_dir}, nFrames {args.nFrames}, x{args.upscale_factor}, "
           f"patch {args.patch_size}, augmentation on, batch {args.batch_size}, "

@@ -82,6 +82,8 @@ def measure(config: dict) -> dict:
     import torch
 
     import rbpn
+    from frames import Sample
+    from generator import run_generator
 
     if config["threads"]:
         torch.set_num_threads(config["threads"])
@@ -96,15 +98,13 @@ def measure(config: dict) -> dict:
     def image(channels: int) -> torch.Tensor:
         return torch.rand(1, channels, height, width, device=device).contiguous(memory_format=fmt)
 
-    x = image(3)
-    neighbors = [image(3) for _ in range(config["nFrames"] - 1)]
-    flows = [image(2) for _ in range(config["nFrames"] - 1)]
-    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[config["precision"]]
+    sample = Sample(input=image(3), target=None,
+                    neighbor=[image(3) for _ in range(config["nFrames"] - 1)],
+                    flow=[image(2) for _ in range(config["nFrames"] - 1)], bicubic=None)
 
     def forward() -> torch.Tensor:
-        with torch.inference_mode(), torch.autocast(device.type, dtype=dtype,
-                                                    enabled=dtype is not None):
-            out = net(x, neighbors, flows)
+        with torch.inference_mode():
+            out = run_generator(net, sample, precision=config["precision"])
         if device.type == "cuda":
             torch.cuda.synchronize()
         return out

@@ -30,10 +30,10 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import cli  # noqa: E402
+from generator import PRECISIONS  # noqa: E402
 
 _FULL = {"base_filter": 256, "feat": 64, "n_resblock": 5}
 _TINY = {"base_filter": 8, "feat": 8, "n_resblock": 1}
-_AMP = {"fp32": "none", "bf16": "bf16", "fp16": "fp16"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto: the CPU, and CUDA too when present (default: %(default)s)")
     p.add_argument("--batch_sizes", type=int, nargs="+", default=[1, 2],
                    help="batch sizes to measure (default: %(default)s)")
-    p.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=tuple(_AMP),
+    p.add_argument("--precisions", nargs="+", default=["fp32", "bf16"],
+                   choices=tuple(PRECISIONS),
                    help="fp32, or autocast bf16/fp16 (fp16 on CUDA only) (default: %(default)s)")
     p.add_argument("--patch_size", type=int, default=64,
                    help="LR patch size (default: %(default)s, the paper's)")
@@ -72,6 +73,7 @@ def measure(config: dict) -> dict:
 
     import loss
     import rbpn
+    from frames import Sample
     from SRGAN.model import Discriminator
     from training import GANTrainer
 
@@ -87,11 +89,12 @@ def measure(config: dict) -> dict:
     criterion = loss.GeneratorLoss(loss_type="fourfold", random_vgg=True).to(device)
     trainer = GANTrainer(
         netG, netD, criterion, torch.optim.Adam(netG.parameters(), lr=1e-4),
-        torch.optim.Adam(netD.parameters(), lr=1e-4), device=device, loss_type="fourfold",
-        amp=_AMP[config["precision"]], channels_last=config["channels_last"])
-    batch = (torch.rand(b, 3, p, p), torch.rand(b, 3, p * s, p * s),
-             [torch.rand(b, 3, p, p) for _ in range(n - 1)],
-             [torch.randn(b, 2, p, p) for _ in range(n - 1)], torch.rand(b, 3, p * s, p * s))
+        torch.optim.Adam(netD.parameters(), lr=1e-4), device=device,
+        precision=config["precision"], channels_last=config["channels_last"])
+    batch = Sample(input=torch.rand(b, 3, p, p), target=torch.rand(b, 3, p * s, p * s),
+                   neighbor=[torch.rand(b, 3, p, p) for _ in range(n - 1)],
+                   flow=[torch.randn(b, 2, p, p) for _ in range(n - 1)],
+                   bicubic=torch.rand(b, 3, p * s, p * s))
 
     def sync() -> None:
         if device.type == "cuda":

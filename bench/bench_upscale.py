@@ -100,14 +100,14 @@ def peak_rss_bytes() -> int:
 def load_net(job: dict):
     import torch
 
-    import checkpoint
+    import generator
     import rbpn
 
     if job["config"]:
         torch.manual_seed(0)
-        return rbpn.Net(**CONFIGS[job["config"]], scale_factor=4).eval(), {
-            **CONFIGS[job["config"]], "scale_factor": 4}
-    return checkpoint.load_generator(job["model"])
+        config = rbpn.ModelConfig(**CONFIGS[job["config"]], scale_factor=4)
+        return config.build().eval(), config
+    return generator.load_generator(job["model"])
 
 
 def clip_frames(size: tuple[int, int], count: int):
@@ -128,27 +128,27 @@ def clip_frames(size: tuple[int, int], count: int):
 def child_speed(job: dict) -> dict:
     import torch
 
-    import dataset
+    import frames
     import upscale
 
     device = torch.device(job["device"])
     net, config = load_net(job)
     net = net.to(device)
-    offsets = dataset.neighbour_offsets(config["nFrames"], True)
-    frames = [upscale.make_lr_frame(f, 4, False, index=i)
-              for i, f in enumerate(clip_frames(tuple(job["size"]), job["frames"] + 1))]
-    windows = list(upscale.frame_windows(frames, offsets))
+    offsets = frames.neighbour_offsets(config.nFrames, True)
+    lr_frames = [frames.make_lr_frame(f, 4, False, index=i)
+                 for i, f in enumerate(clip_frames(tuple(job["size"]), job["frames"] + 1))]
+    windows = list(frames.frame_windows(lr_frames, offsets))
     flow_seconds, inputs = [], []
     for target, neighbours in windows:
         tick = time.perf_counter()
-        inputs.append(upscale.make_inputs(target, neighbours, 4, bicubic=False))
+        inputs.append(frames.make_sample(target, neighbours, 4, bicubic=False))
         flow_seconds.append(time.perf_counter() - tick)
     upscaler = upscale.Upscaler(net, scale=4, device=device, precision=job["precision"],
                                 auto_tile=False, channels_last=job["channels_last"])
 
     def forward(sample) -> None:
-        x, nbs, fls, _ = upscale.collate([sample])
-        upscaler(x, nbs, fls)
+        batch = frames.collate([sample])
+        upscaler(batch.input, batch.neighbor, batch.flow)
         if device.type == "cuda":
             torch.cuda.synchronize()
 
@@ -168,18 +168,20 @@ def child_memory(job: dict) -> dict:
     import numpy as np
     import torch
 
+    import frames
     import upscale
 
     device = torch.device(job["device"])
     net, config = load_net(job)
     net = net.to(device)
-    n = config["nFrames"] - 1
+    n = config.nFrames - 1
     width, height = job["hd_size"]
     if job["hd_flows"]:
-        frames = [upscale.make_lr_frame(f, 4, False, index=i) for i, f in
-                  enumerate(clip_frames((width, height), n + 1))]
-        x, nbs, fls, _ = upscale.collate([upscale.make_inputs(frames[n // 2], [
-            frames[i] for i in range(n + 1) if i != n // 2], 4, bicubic=False)])
+        lr_frames = [frames.make_lr_frame(f, 4, False, index=i) for i, f in
+                     enumerate(clip_frames((width, height), n + 1))]
+        batch = frames.collate([frames.make_sample(lr_frames[n // 2], [
+            lr_frames[i] for i in range(n + 1) if i != n // 2], 4, bicubic=False)])
+        x, nbs, fls = batch.input, batch.neighbor, batch.flow
     else:
         rng = np.random.default_rng(0)
         image = torch.from_numpy(rng.random((1, 3, height, width), dtype=np.float32))
@@ -188,8 +190,8 @@ def child_memory(job: dict) -> dict:
     upscaler = upscale.Upscaler(net, scale=4, device=device, precision=job["precision"],
                                 max_memory=max_memory, tile_overlap=job["tile_overlap"],
                                 channels_last=job["channels_last"], retain_freed_memory=True)
-    budget = upscaler.memory_budget()
-    per_pixel, _ = upscaler.memory_per_pixel(n)
+    budget = upscaler.memory.budget()
+    per_pixel, _ = upscaler.memory.per_pixel(n)
     before = rss_bytes()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()

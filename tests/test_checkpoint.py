@@ -11,6 +11,7 @@ import torch
 
 import checkpoint
 import cli
+import generator
 import rbpn
 from SRGAN.model import Discriminator
 from tests.test_models import architectures, rbpn_fixture
@@ -58,8 +59,8 @@ def test_dataparallel_and_legacy_checkpoints_load(tmp_path, tiny_state):
     assert_same(checkpoint.load_state_dict(tmp_path / "dp.pth"), tiny_state)
     # torch < 1.6 wrote the legacy (non-zip) format, as the original RBPN_4x.pth may be.
     torch.save(tiny_state, tmp_path / "legacy.pth", _use_new_zipfile_serialization=False)
-    net, config = checkpoint.load_generator(tmp_path / "legacy.pth")
-    assert config == TINY and not net.training
+    net, config = generator.load_generator(tmp_path / "legacy.pth")
+    assert config.net_kwargs() == TINY and not net.training
 
 
 def test_training_state_gives_the_generator(tmp_path, tiny_state):
@@ -84,8 +85,8 @@ def test_load_generator_infers_the_configuration_and_reproduces_the_original(
         tmp_path, shared_fixtures, scale):
     config, state, (x, neighbors, flows), expected = rbpn_fixture(shared_fixtures, scale)
     checkpoint.save_weights(state, tmp_path / "w.safetensors")
-    net, inferred = checkpoint.load_generator(tmp_path / "w.safetensors")
-    assert inferred == config
+    net, inferred = generator.load_generator(tmp_path / "w.safetensors")
+    assert inferred.net_kwargs() == config
     with torch.no_grad():
         out = net(x, neighbors, flows)
     torch.testing.assert_close(out, torch.from_numpy(expected), rtol=0, atol=1e-5)
@@ -97,7 +98,7 @@ def test_full_size_configuration_is_inferred_from_shapes(shared_fixtures, scale)
     # Shapes are all inference reads: meta tensors hold no memory.
     state = {k: torch.empty(shape, device="meta")
              for k, shape in arch[f"rbpn_x{scale}_full"]["state_dict"]}
-    assert checkpoint.infer_rbpn_config(state) == {**arch["rbpn_x4_full"]["config"],
+    assert rbpn.infer_config(state) == {**arch["rbpn_x4_full"]["config"],
                                                    "scale_factor": scale}
 
 
@@ -105,9 +106,9 @@ def test_full_size_dataparallel_checkpoint_runs_without_flags(tmp_path):
     torch.manual_seed(0)
     state = rbpn.Net().state_dict()
     torch.save({f"module.{k}": v for k, v in state.items()}, tmp_path / "netG_epoch_4_1.pth")
-    net, config = checkpoint.load_generator(tmp_path / "netG_epoch_4_1.pth")
-    assert config == dict(num_channels=3, base_filter=256, feat=64, num_stages=3, n_resblock=5,
-                          nFrames=7, scale_factor=4)
+    net, config = generator.load_generator(tmp_path / "netG_epoch_4_1.pth")
+    assert config.net_kwargs() == dict(num_channels=3, base_filter=256, feat=64, num_stages=3,
+                                       n_resblock=5, nFrames=7, scale_factor=4)
     assert torch.equal(net.output.conv.weight, state["output.conv.weight"])
 
 
@@ -149,13 +150,13 @@ def test_a_malicious_pickle_is_refused_without_running(tmp_path, writer):
         torch.save(payload, path)
     message = one_line_error(checkpoint.load_state_dict, path, match="refusing to load")
     assert "evil.pth" in message and "system" in message
-    one_line_error(checkpoint.load_generator, path, match="refusing to load")
+    one_line_error(generator.load_generator, path, match="refusing to load")
     assert not marker.exists()
 
 
 def test_a_state_dict_of_the_wrong_model_is_refused(tmp_path):
     checkpoint.save_weights(Discriminator().state_dict(), tmp_path / "netD.pth")
-    one_line_error(checkpoint.load_generator, tmp_path / "netD.pth",
+    one_line_error(generator.load_generator, tmp_path / "netD.pth",
                    match=r"netD.pth: not an RBPN generator: no 'feat0.conv.weight'")
     message = one_line_error(checkpoint.load_into, rbpn.Net(**TINY),
                              checkpoint.load_state_dict(tmp_path / "netD.pth"), what="generator")
@@ -174,14 +175,17 @@ def test_a_checkpoint_of_another_scale_names_the_mismatch(tiny_state):
     assert_same(net.state_dict(), before)  # nothing was half-loaded
 
 
-def test_shapes_that_fit_no_rbpn_are_caught(tiny_state):
+def test_shapes_that_fit_no_rbpn_are_caught(tiny_state, tmp_path):
     bad = dict(tiny_state)
     for key, value in tiny_state.items():  # a 10x10 projection kernel: no scale has one
         if value.dim() == 4 and value.shape[-1] == 8:
             bad[key] = torch.zeros(*value.shape[:2], 10, 10)
-    one_line_error(checkpoint.infer_rbpn_config, bad, match="kernel 10x10 fits no scale")
+    checkpoint.save_weights(bad, tmp_path / "kernel.pth")
+    one_line_error(generator.load_generator, tmp_path / "kernel.pth",
+                   match="kernel.pth: not a valid RBPN: projection kernel 10x10 fits no scale")
     bad = {**tiny_state, "output.conv.weight": torch.zeros(3, 7, 3, 3)}
-    one_line_error(checkpoint.infer_rbpn_config, bad, match="inconsistent shapes")
+    with pytest.raises(ValueError, match="inconsistent shapes"):
+        rbpn.infer_config(bad)
 
 
 def test_objects_that_are_not_state_dicts_are_refused(tmp_path):
@@ -217,7 +221,7 @@ def test_an_unwritable_destination_is_one_clear_line(tmp_path, tiny_state):
 
 def test_cli_prints_the_error_as_one_line(tmp_path, capsys):
     def main(argv):
-        checkpoint.load_generator(tmp_path / "missing.pth")
+        generator.load_generator(tmp_path / "missing.pth")
 
     with pytest.raises(SystemExit) as exit_info:
         cli.run_cli(main, [])

@@ -1,6 +1,4 @@
 import argparse
-import os
-import platform
 import subprocess
 import sys
 
@@ -89,9 +87,12 @@ def test_run_cli_exit_code_passes_through():
 
 def test_run_cli_debug_shows_traceback():
     code = (f"import sys; sys.path.insert(0, {str(ROOT)!r})\n"
+            "import argparse\n"
             "from cli import run_cli\n"
-            "def main(argv):\n    raise RuntimeError('boom')\n"
-            "run_cli(main)\n")
+            "parser = argparse.ArgumentParser()\n"
+            "parser.add_argument('-d', '--debug', action='store_true')\n"
+            "def main(args):\n    raise RuntimeError('boom')\n"
+            "run_cli(main, parse=parser.parse_args)\n")
     proc = subprocess.run([sys.executable, "-c", code, "--debug"], capture_output=True, text=True)
     assert proc.returncode == 1
     assert "Traceback" in proc.stderr and "RuntimeError: boom" in proc.stderr
@@ -117,35 +118,27 @@ def test_error_raised_in_a_dataloader_worker_stays_one_line(capsys):
     assert capsys.readouterr().err == "error: frame 000.png: cannot identify image file\n"
 
 
-RSS_AFTER_FREE = """
-import sys
-import torch
-import cli
-if sys.argv[1] == "retain":
-    print(cli.retain_freed_memory())
-def rss_mib():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * 4096 / 2**20
-for _ in range(3):  # a layer's activation: allocated, written, freed
-    big = torch.ones(64, 2**20)
-    del big
-print(round(rss_mib()))
-"""
 
 
-@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's mallopt")
-def test_retain_freed_memory_keeps_freed_tensors_for_reuse():
-    def run(mode: str, **env: str) -> list[str]:
-        result = subprocess.run([sys.executable, "-c", RSS_AFTER_FREE, mode], cwd=ROOT,
-                                capture_output=True, text=True, timeout=120,
-                                env={**os.environ, "OMP_NUM_THREADS": "1", **env})
-        assert result.returncode == 0, result.stderr
-        return result.stdout.split()
+def test_library_parameter_errors_are_shown_as_flags(capsys):
+    from cli import ParameterError
 
-    default = run("default")
-    retained = run("retain")
-    assert retained[0] == "True"
-    # The 256 MiB tensor goes back to the kernel by default and stays mapped when retained.
-    assert int(retained[1]) - int(default[0]) > 200
-    # A user's own malloc settings win.
-    assert run("retain", MALLOC_TRIM_THRESHOLD_="0")[0] == "False"
+    error = ParameterError("image_dir", "/data/missing", "folder not found")
+    assert str(error) == "image_dir='/data/missing': folder not found"
+
+    def main(argv):
+        raise error
+
+    with pytest.raises(SystemExit) as exc:
+        run_cli(main, [], flags={"image_dir": "data_dir"})
+    assert exc.value.code == 2
+    assert capsys.readouterr().err == "error: --data_dir /data/missing: folder not found\n"
+
+
+def test_options_are_read_only():
+    from cli import Options
+
+    options = Options(lr=1e-4, nEpochs=2)
+    with pytest.raises(AttributeError, match="read-only"):
+        options.lr = 1.0
+    assert options.to_dict() == {"lr": 1e-4, "nEpochs": 2}

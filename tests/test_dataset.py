@@ -16,6 +16,8 @@ from torch.utils.data import DataLoader
 import cli
 import data
 import dataset
+import frames
+import optical_flow
 from dataset import Augment, DataError
 
 from .conftest import SHARED_DATA
@@ -110,7 +112,7 @@ def test_flow_cache_returns_the_same_tensors(vimeo_sample, shared_data, tmp_path
     def no_flow(*_args, **_kwargs):
         raise AssertionError("a warm cache must not compute flows")
 
-    monkeypatch.setattr(dataset, "compute_flows", no_flow)
+    monkeypatch.setattr(optical_flow, "compute_flows", no_flow)
     second = data.get_test_set(*args, flow_cache=str(tmp_path))[0]
     for sample in (first, second):
         for a, b in zip(sample[3], vimeo_sample[3], strict=True):
@@ -126,7 +128,7 @@ def test_flow_cache_returns_the_same_tensors(vimeo_sample, shared_data, tmp_path
 
 def test_patch_and_augmentation_follow_the_originals_random_draws(tmp_path, monkeypatch):
     """Same seed, same patch and flips as the original's get_patch/augment (re-stated here)."""
-    monkeypatch.setattr(dataset, "compute_flows", lambda lr, nbs, threads=None: [
+    monkeypatch.setattr(optical_flow, "compute_flows", lambda lr, nbs, threads=None: [
         np.zeros((2, lr.height, lr.width), np.float32) for _ in nbs])
     root = write_vimeo(tmp_path, size=(96, 80))
     train = data.get_training_set(root, 7, 4, True, "sep_trainlist.txt", False, 8, True)
@@ -160,7 +162,7 @@ def original_patch(image: torch.Tensor, row: int, col: int, size: int,
 @pytest.mark.parametrize("scale", [2, 4, 8])
 def test_lr_patch_is_bit_identical_to_cropping_the_whole_lr_frame(scale):
     image = Image.fromarray(texture(24 * scale, 20 * scale, seed=scale))
-    whole = np.asarray(dataset.downscale(image, scale))
+    whole = np.asarray(frames.downscale(image, scale))
     rng = random.Random(scale)
     owner = dataset.DatasetFromFolder.__new__(dataset.DatasetFromFolder)
     owner.upscale_only, owner.upscale_factor = False, scale
@@ -288,7 +290,7 @@ def test_frame_selection(tmp_path):
     (8, False, False, "only 7 frames")])
 def test_unsupported_frame_counts_are_refused(tmp_path, nFrames, future, other, flag_text):
     root = write_vimeo(tmp_path)
-    with pytest.raises(cli.CLIError, match=f"--nFrames {nFrames}: .*{flag_text}"):
+    with pytest.raises(cli.ParameterError, match=f"nFrames={nFrames}: .*{flag_text}"):
         data.get_training_set(root, nFrames, 4, False, "sep_trainlist.txt", other, 0, future)
 
 
@@ -349,18 +351,18 @@ def test_file_list_is_found_beside_the_sequences_folder(tmp_path):
 
 @pytest.fixture
 def fast_flows(monkeypatch):
-    monkeypatch.setattr(dataset, "compute_flows", lambda lr, nbs, threads=None: [
+    monkeypatch.setattr(optical_flow, "compute_flows", lambda lr, nbs, threads=None: [
         np.zeros((2, lr.height, lr.width), np.float32) for _ in nbs])
 
 
 def test_missing_and_empty_file_lists(tmp_path):
     root = write_vimeo(tmp_path)
-    with pytest.raises(DataError, match=r"--file_list nope.txt: not found \(looked for"):
+    with pytest.raises(cli.ParameterError, match=r"file_list='nope.txt': not found \(looked for"):
         data.get_training_set(root, 7, 4, False, "nope.txt", False, 0, True)
     (tmp_path / "empty.txt").write_text("\n \n")
     with pytest.raises(DataError, match=r"empty.txt: the file list is empty"):
         data.get_training_set(root, 7, 4, False, "empty.txt", False, 0, True)
-    with pytest.raises(DataError, match=r"--data_dir .*missing: folder not found"):
+    with pytest.raises(cli.ParameterError, match=r"image_dir='.*missing': folder not found"):
         data.get_training_set(str(tmp_path / "missing"), 7, 4, False, "empty.txt", False, 0, True)
 
 
@@ -455,63 +457,3 @@ def test_skip_bad_with_nothing_good_left(tmp_path, fast_flows):
             train[0]
 
 
-@pytest.mark.parametrize("mode", ["L", "LA", "P", "RGBA", "I;16", "RGB16"])
-def test_unusual_image_modes_become_8bit_rgb(tmp_path, mode):
-    rgb = texture(16, 12)
-    path = str(tmp_path / "frame.png")
-    if mode == "I;16":
-        grey = np.array([[0, 257, 32767, 32896, 65535, 1000]], np.uint16)
-        Image.fromarray(grey).save(path)
-        out = np.asarray(dataset.read_rgb(path))
-        assert out.dtype == np.uint8 and out.shape == (1, 6, 3)
-        np.testing.assert_array_equal(out[..., 0], [[0, 1, 127, 128, 255, 4]])  # x / 257
-        return
-    if mode == "RGB16":  # Pillow keeps the high byte: v // 256, never clipped
-        wide = rgb.astype(np.uint16) * 257 + 100
-        write_png16_rgb(path, wide)
-        out = np.asarray(dataset.read_rgb(path))
-        np.testing.assert_array_equal(out, wide >> 8)
-        assert np.abs(out - wide / 257.0).max() < 1
-        return
-    image = Image.fromarray(rgb).convert(mode)
-    image.save(path)
-    out = dataset.read_rgb(path)
-    assert out.mode == "RGB" and out.size == (16, 12)
-    np.testing.assert_array_equal(np.asarray(out), np.asarray(image.convert("RGB")))
-
-
-def write_png16_rgb(path: str, array: np.ndarray) -> None:
-    """A 48-bit RGB PNG (Pillow cannot write one)."""
-    import struct
-    import zlib
-
-    height, width, _ = array.shape
-    raw = b"".join(b"\0" + array[row].astype(">u2").tobytes() for row in range(height))
-
-    def chunk(kind: bytes, payload: bytes) -> bytes:
-        crc = zlib.crc32(kind + payload) & 0xFFFFFFFF
-        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", crc)
-
-    header = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)
-    with open(path, "wb") as handle:
-        handle.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
-                     + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
-
-
-def test_cache_key_changes_when_a_frame_changes(tmp_path):
-    root = write_vimeo(tmp_path / "d")
-    cache = dataset.FlowCache(str(tmp_path / "c"))
-    target, neighbour = os.path.join(root, "c1/s1/im4.png"), os.path.join(root, "c1/s1/im3.png")
-    params = {"alpha": 0.012}
-    key = cache.key(target, neighbour, (16, 12), 4, False, params)
-    assert key == cache.key(target, neighbour, (16, 12), 4, False, params)
-    assert key != cache.key(target, neighbour, (16, 12), 2, False, params)
-    assert key != cache.key(target, None, (16, 12), 4, False, params)
-    assert key != cache.key(target, neighbour, (16, 12), 4, False, {"alpha": 1.0})
-    os.utime(neighbour, ns=(1, 1))
-    assert key != cache.key(target, neighbour, (16, 12), 4, False, params)
-    flow = np.ones((2, 12, 16), np.float32)
-    cache.store(key, flow)
-    assert np.array_equal(cache.load(key, (12, 16)), flow)
-    assert cache.load(key, (12, 15)) is None  # wrong shape: recomputed
-    assert not list((tmp_path / "c").rglob("*.tmp"))

@@ -78,3 +78,33 @@ def test_score_keys_and_size_check():
     assert set(result) == {"psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb"}
     with pytest.raises(ValueError, match="sizes differ"):
         psnr(np.zeros((8, 8, 3), np.uint8), hr)
+
+
+def test_scoreboard_averages_clip_means_and_writes_both_files(tmp_path):
+    import json
+
+    from metrics import Scoreboard
+
+    rng = np.random.default_rng(0)
+    hr = rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)
+    noisy = [np.clip(hr.astype(int) + rng.integers(-k, k + 1, hr.shape), 0, 255).astype(np.uint8)
+             for k in (2, 8, 30)]
+    board = Scoreboard(crop=4)
+    board.add("a", "1", noisy[0], hr, bicubic=noisy[2])
+    board.add("a", "2", noisy[1], hr, bicubic=noisy[2])
+    board.add("b", "1", noisy[2], hr, bicubic=noisy[2])
+    clips = board.clips()
+    assert clips["a"]["frames"] == 2
+    assert clips["a"]["psnr_y"] == pytest.approx((board.rows[0]["psnr_y"]
+                                                  + board.rows[1]["psnr_y"]) / 2)
+    average = board.average()  # the mean of the clip means, not of the three frames
+    assert average["psnr_y"] == pytest.approx((clips["a"]["psnr_y"] + clips["b"]["psnr_y"]) / 2)
+    assert clips["b"]["psnr_y"] == clips["b"]["bicubic_psnr_y"]
+    board.write(tmp_path / "m.csv", tmp_path / "m.json", {"model": "x"})
+    report = json.loads((tmp_path / "m.json").read_text())
+    assert report["model"] == "x" and report["average"]["frames"] == 3
+    assert (tmp_path / "m.csv").read_text().splitlines()[-1].startswith("average,mean,")
+    # Without bicubic (validation) the board has only our columns.
+    alone = Scoreboard(crop=4)
+    alone.add("v", "0", noisy[0], hr)
+    assert alone.keys() == ["psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb"]

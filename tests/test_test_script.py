@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 import checkpoint
-import dataset
+import frames
 import rbpn
 from metrics import score
 from tests.conftest import ROOT
@@ -96,11 +96,11 @@ def test_dataset_mode_scores_every_frame_and_writes_outputs(tiny_model, frames_d
     # Every frame of every batch is scored, on what was saved, against the modcropped frame.
     for row in report["frames"]:
         saved = np.asarray(Image.open(out / row["clip"] / f"{row['frame']}.png"))
-        hr = dataset.modcrop(Image.open(frames_dir / row["clip"] / f"{row['frame']}.png"), 4)
+        hr = frames.modcrop(Image.open(frames_dir / row["clip"] / f"{row['frame']}.png"), 4)
         expected = score(saved, np.asarray(hr), crop=4)
         for key, value in expected.items():
             assert row[key] == pytest.approx(value, abs=1e-9)
-        bicubic = dataset.upscale(dataset.downscale(hr, 4), 4)
+        bicubic = frames.upscale(frames.downscale(hr, 4), 4)
         assert row["bicubic_psnr_y"] == pytest.approx(
             score(np.asarray(bicubic), np.asarray(hr), crop=4)["psnr_y"], abs=1e-9)
     alpha_mean = np.mean([r["psnr_y"] for r in report["frames"] if r["clip"] == "alpha"])

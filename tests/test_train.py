@@ -23,6 +23,7 @@ from PIL import Image
 
 import checkpoint
 import cli
+import generator
 import iSeeBetterTrain
 import loss
 import rbpn
@@ -118,8 +119,8 @@ def test_two_iterations_write_checkpoints_statistics_and_plot(trained):
     assert list(weights) == list(initial)
     # ... that training changed.
     assert any(not torch.equal(weights[k], initial[k]) for k in initial)
-    net, config = checkpoint.load_generator(trained / "netG_epoch_4_1.pth")
-    assert (config["base_filter"], config["nFrames"], config["scale_factor"]) == (8, 3, 4)
+    net, config = generator.load_generator(trained / "netG_epoch_4_1.pth")
+    assert (config.base_filter, config.nFrames, config.scale_factor) == (8, 3, 4)
 
     state = checkpoint.load_training_state(trained / "train_state.pth")
     assert (state["format"], state["epoch"], state["epoch_iteration"], state["iteration"]) == (
@@ -231,7 +232,7 @@ def test_torchrun_two_processes_with_gloo(tmp_path):
     assert all(math.isfinite(float(r["GLoss"])) and math.isfinite(float(r["PSNR"]))
                for r in history)
     state = checkpoint.load_training_state(out / "train_state.pth")
-    assert state["args"]["world_size"] == 2
+    assert state["world_size"] == 2
     checkpoint.load_into(tiny_generator(), checkpoint.load_state_dict(out / "netG_epoch_4_2.pth"))
 
 
@@ -268,15 +269,16 @@ def test_no_gan_l1_trains_the_generator_alone(data2, tmp_path):
     assert (tmp_path / "netG_epoch_4_1.pth").exists()
     # The snapshot's model card tells iSeeBetterTest.py that it predicts a residual.
     card = checkpoint.read_model_card(tmp_path / "netG_epoch_4_1.pth")
-    assert card["residual"] is True and card["training"]["args"]["loss"] == "l1"
+    assert card["config"]["residual"] is True and card["training"]["args"]["loss"] == "l1"
     assert card["validation"]["PSNR"] == pytest.approx(float(row["PSNR"]))
 
 
 def test_snapshot_model_card_records_config_and_training(trained):
     card = checkpoint.read_model_card(trained / "netG_epoch_4_1.pth")
-    assert card["file"] == "netG_epoch_4_1.pth" and card["residual"] is False
+    assert card["file"] == "netG_epoch_4_1.pth" and card["config"]["residual"] is False
     assert card["config"] == {"num_channels": 3, "base_filter": 8, "feat": 8, "num_stages": 3,
-                              "n_resblock": 1, "nFrames": 3, "scale_factor": 4}
+                              "n_resblock": 1, "nFrames": 3, "scale_factor": 4,
+                              "residual": False, "future_frame": True}
     assert (card["training"]["epoch"], card["training"]["iterations"]) == (1, 2)
     assert card["training"]["args"]["save_folder"] == str(trained)
     assert not checkpoint.model_card_path(trained / "netD_epoch_4_1.pth").exists()
