@@ -9,8 +9,10 @@ every septuplet, so the original's training on the test set still works), or wit
 ``--renumber`` the original's flat copy ``<output>/HR/<n>/im1..im7.png`` (n = 1, 2, ...) listed
 in ``<output>/HR/sep_trainlist.txt``.
 
-The download resumes a partial file (HTTP Range), retries with exponential backoff, and checks
-the size and (with ``--sha256``) the checksum. Every archive entry is checked before anything is
+The download resumes a partial file (HTTP Range), retries a dropped transfer (timeout, reset,
+short read, HTTP 408/429/5xx) with exponential backoff, fails at once on what waiting cannot fix
+(a host name that does not resolve, a refused connection, other HTTP 4xx), and checks the size
+and (with ``--sha256``) the checksum. Every archive entry is checked before anything is
 extracted (no absolute paths, ``..`` or links), extraction goes to a temporary folder that is
 renamed into place only when complete, and a finished fetch leaves a marker that makes the next
 run a no-op.
@@ -24,6 +26,7 @@ import http.client
 import json
 import os
 import shutil
+import socket
 import stat
 import tempfile
 import time
@@ -64,6 +67,12 @@ def download(url: str, dest: str, *, size: int | None = None, retries: int = 5,
         retries: consecutive failed attempts (without progress) before giving up.
         backoff: seconds before the first retry, doubled for each further one.
         timeout: socket timeout in seconds.
+
+    Raises:
+        FetchError: at once, without retrying, when the host name does not resolve, the
+            connection is refused or the server answers HTTP 4xx (other than 408 and 429);
+            after ``retries`` failed attempts in a row for anything else (timeouts, resets,
+            short reads, HTTP 5xx).
     """
     part = dest + ".part"
     failures = 0
@@ -88,6 +97,10 @@ def download(url: str, dest: str, *, size: int | None = None, retries: int = 5,
             if isinstance(err, urllib.error.HTTPError) and not _retryable(err.code):
                 raise FetchError(f"{url}: HTTP {err.code} {err.reason}") from None
             now = os.path.getsize(part) if os.path.exists(part) else 0
+            final = _final_reason(url, err)
+            if final is not None:
+                resume = f"; run again to resume from byte {now}" if now else ""
+                raise FetchError(f"{url}: {final}{resume}") from None
             failures = 0 if now > have else failures + 1
             if failures > retries:
                 raise FetchError(f"{url}: download failed {failures} times in a row ({err!r}); "
@@ -100,6 +113,25 @@ def download(url: str, dest: str, *, size: int | None = None, retries: int = 5,
 
 def _retryable(code: int) -> bool:
     return code in (408, 429) or code >= 500
+
+
+def _final_reason(url: str, err: BaseException) -> str | None:
+    """Why ``err`` cannot heal by waiting (so is not retried), or None when it might.
+
+    A host name that does not resolve and a refused connection are final: retrying them only
+    delays the error (by over a minute with the default backoff). Timeouts, resets and short
+    reads are not: they are what a dropped transfer looks like.
+    """
+    reason = err.reason if isinstance(err, urllib.error.URLError) else err
+    parsed = urllib.parse.urlparse(url)
+    if isinstance(reason, socket.gaierror):
+        return (f"cannot resolve host {parsed.hostname!r} (name lookup failed: {reason}); "
+                "not retried: check the URL or your network")
+    if isinstance(reason, ConnectionRefusedError):
+        port = parsed.port or (443 if parsed.scheme == "https" else 80)
+        return (f"connection refused by {parsed.hostname}:{port}; not retried: check the URL "
+                "and that the server is running")
+    return None
 
 
 def _fetch_range(url: str, part: str, have: int, timeout: float) -> int | None:
@@ -261,7 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="copy the training septuplets to <output>/HR/<n> as the original "
                            "did, instead of the Vimeo-90K layout")
     parser.add_argument("--retries", type=int, default=5,
-                        help="attempts in a row without progress before giving up (default: 5)")
+                        help="attempts in a row without progress before giving up (default: "
+                             "5); an unresolvable host or a refused connection fails at once")
     parser.add_argument("--backoff", type=float, default=2.0,
                         help="seconds before the first retry, doubled each time (default: 2)")
     parser.add_argument("--timeout", type=float, default=60.0,

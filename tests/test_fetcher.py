@@ -5,7 +5,9 @@ from __future__ import annotations
 import io
 import json
 import os
+import socket
 import threading
+import time
 import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -228,3 +230,78 @@ def test_existing_foreign_folder_is_not_overwritten(server, tmp_path, capsys):
     assert fetch("--url", server.url("/v.zip"), "--output", str(out)) == 2
     assert "move it away" in capsys.readouterr().err
     assert server.log == []
+
+
+@pytest.fixture
+def sleeps(monkeypatch):
+    """The backoff delays ``download`` waits, recorded instead of slept."""
+    delays: list[float] = []
+    monkeypatch.setattr(DatasetFetcher.time, "sleep", delays.append)
+    return delays
+
+
+def test_unresolvable_host_fails_at_once(monkeypatch, tmp_path, capsys, sleeps):
+    lookups = []
+
+    def no_dns(host, *args, **kwargs):  # what an offline resolver says; the network is never used
+        lookups.append(host)
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    out = tmp_path / "v"
+    start = time.monotonic()
+    assert fetch("--url", "http://no-such-host.invalid/x.zip", "--output", str(out),
+                 "--backoff", "30") == 2
+    elapsed = time.monotonic() - start
+    stderr = capsys.readouterr().err
+    err = error_lines(stderr)
+    assert len(err) == 1 and "Traceback" not in stderr
+    assert "http://no-such-host.invalid/x.zip" in err[0]
+    assert "cannot resolve host 'no-such-host.invalid'" in err[0] and "not retried" in err[0]
+    assert lookups == ["no-such-host.invalid"]  # looked up once, never again
+    assert sleeps == [] and elapsed < 2
+    assert not (out / "x.zip").exists()
+
+
+def test_refused_connection_fails_at_once(tmp_path, capsys, sleeps):
+    with socket.socket() as probe:  # a loopback port that nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/x.zip"
+    start = time.monotonic()
+    assert fetch("--url", url, "--output", str(tmp_path / "v"), "--backoff", "30") == 2
+    elapsed = time.monotonic() - start
+    stderr = capsys.readouterr().err
+    err = error_lines(stderr)
+    assert len(err) == 1 and "Traceback" not in stderr
+    assert url in err[0]
+    assert f"connection refused by 127.0.0.1:{port}" in err[0] and "not retried" in err[0]
+    assert sleeps == [] and elapsed < 2
+
+
+def test_dropped_transfer_is_retried_after_backoff_and_resumed(server, tmp_path, capsys,
+                                                               sleeps):
+    body = vimeo_zip()
+    server.files["/v.zip"] = body
+    server.drop.add("/v.zip")
+    out = tmp_path / "v"
+    out.mkdir()
+    assert fetch("--url", server.url("/v.zip"), "--output", str(out), "--backoff", "30",
+                 "--keep_archive") == 0
+    assert sleeps == [30]  # waited the backoff once, then resumed where the transfer stopped
+    assert server.log == [("/v.zip", None), ("/v.zip", f"bytes={len(body) // 2}-")]
+    assert (out / "v.zip").read_bytes() == body
+    assert "retrying in 30 s" in capsys.readouterr().out  # tqdm.write prints to stdout
+
+
+def test_short_transfer_backs_off_then_gives_up(server, tmp_path, capsys, sleeps):
+    body = vimeo_zip()
+    server.files["/v.zip"] = body
+    out = tmp_path / "v"
+    # the size is never reached: the first attempt makes progress (the backoff starts over),
+    # then every attempt fails without progress, doubling the wait until it gives up
+    assert fetch("--url", server.url("/v.zip"), "--output", str(out), "--size",
+                 str(len(body) + 10), "--retries", "2", "--backoff", "30") == 2
+    assert sleeps == [30, 30, 60]
+    err = error_lines(capsys.readouterr().err)
+    assert len(err) == 1 and "failed 3 times in a row" in err[0]
