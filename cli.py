@@ -171,6 +171,26 @@ def _one_line(err: Exception) -> str:
     return text
 
 
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity, where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def loader_workers(requested: int, flag: str = "--threads") -> int:
+    """DataLoader worker processes: as asked, but at most one per available core. More only
+    compete for the same cores (and make PyTorch print a three-line warning), so the count is
+    capped, with a one-line note naming ``flag``."""
+    cores = available_cores()
+    if requested <= cores:
+        return requested
+    print(f"note: {flag} {requested}: this machine has {cores} CPU cores; using {cores} data "
+          "loader workers", file=sys.stderr)
+    return cores
+
+
 def select_device(gpu_mode: bool, gpus: int = 1) -> torch.device:
     """CUDA when asked for and present; otherwise the CPU, with a one-line notice.
 

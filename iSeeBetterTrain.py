@@ -61,6 +61,9 @@ _RESUME_MUST_MATCH = ("model_type", "upscale_factor", "nFrames", "base_filter", 
 _RESUME_MID_EPOCH_MUST_MATCH = ("batchSize",)
 # Library parameters whose flag has another name.
 FLAG_NAMES = {"image_dir": "data_dir"}
+# Below this many epochs the learning rate is not decayed by default: the original's decay at
+# half of --nEpochs left a 2-epoch run at lr 1e-5 after its first epoch.
+SHORT_RUN_EPOCHS = 10
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,8 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="validate on at most this many samples, evenly spaced over the list, "
                         "0 = all (default: %(default)s)")
     g.add_argument("--threads", type=int, default=8,
-                   help="data loader worker processes, 0 = load in the main process "
-                        "(default: %(default)s)")
+                   help="data loader worker processes, 0 = load in the main process; at most "
+                        "one per CPU core is used (default: %(default)s)")
+    g.add_argument("--testBatchSize", type=int, default=1,
+                   help="validation batch size (the original accepted it and never validated; "
+                        "frames of a batch must have one size) (default: %(default)s)")
 
     g = p.add_argument_group("model")
     g.add_argument("--model_type", default="RBPN", choices=tuple(generator.ARCHITECTURES),
@@ -137,7 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Adam learning rate of G and D (default: %(default)s)")
     g.add_argument("--lr_step", type=int, default=None,
                    help="divide both learning rates by 10 every this many epochs, 0 = never "
-                        "(default: half of --nEpochs)")
+                        f"(default: half of --nEpochs, the original's; never for runs under "
+                        f"{SHORT_RUN_EPOCHS} epochs, where a decay at half would leave too few "
+                        "epochs at the full rate)")
     g.add_argument("--seed", type=int, default=123,
                    help="seed of Python, NumPy, torch, the sample order and the augmentation "
                         "(default: %(default)s)")
@@ -167,7 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--save_folder", default="weights/",
                    help="where checkpoints go (default: %(default)s)")
     g.add_argument("--prefix", default="",
-                   help="prepended to every checkpoint and statistics file name (default: none)")
+                   help="prepended to every checkpoint and statistics file name (default: none; "
+                        "the original's default F7 never reached its file names, so none keeps "
+                        "them: netG_epoch_<scale>_<epoch>.pth)")
     g.add_argument("--snapshots", type=int, default=1,
                    help="write netG/netD_epoch_<scale>_<epoch>.pth every this many epochs, and "
                         "after the last (default: %(default)s)")
@@ -214,14 +224,17 @@ def parse_args(argv: Sequence[str] | None) -> cli.Options:
     for name, low in (("batchSize", 1), ("nEpochs", 1), ("start_epoch", 1), ("nFrames", 2),
                       ("patch_size", 0), ("threads", 0), ("snapshots", 1), ("seed", 0),
                       ("save_every_iters", 0), ("max_iters", 0), ("val_max_samples", 0),
-                      ("base_filter", 1), ("feat", 1), ("n_resblock", 1), ("gpus", 1)):
+                      ("base_filter", 1), ("feat", 1), ("n_resblock", 1), ("gpus", 1),
+                      ("testBatchSize", 1)):
         if getattr(args, name) < low:
             raise cli.CLIError(f"--{name} must be at least {low}, got {getattr(args, name)}")
     if args.start_epoch > args.nEpochs:
         raise cli.CLIError(f"--start_epoch {args.start_epoch} is after --nEpochs {args.nEpochs}")
     if not (args.lr > 0 and math.isfinite(args.lr)):
         raise cli.CLIError(f"--lr must be a positive number, got {args.lr}")
-    lr_step = args.nEpochs // 2 if args.lr_step is None else args.lr_step
+    lr_step = args.lr_step
+    if lr_step is None:
+        lr_step = args.nEpochs // 2 if args.nEpochs >= SHORT_RUN_EPOCHS else 0
     if lr_step < 0:
         raise cli.CLIError(f"--lr_step must be at least 0, got {lr_step}")
     if not Path(args.data_dir).is_dir():
@@ -280,8 +293,10 @@ def build_data(args: cli.Options, rank: int, world_size: int, device: torch.devi
         future_frame=args.future_frame, flow_cache=args.flow_cache,
         skip_bad=args.skip_bad_samples), args.seed)
     sampler = EpochSampler(len(train_set), args.seed, rank, world_size)
+    workers = (cli.loader_workers(args.threads) if rank == 0  # one note, not one per process
+               else min(args.threads, cli.available_cores()))
     loader = DataLoader(train_set, batch_size=args.batchSize, sampler=sampler,
-                        num_workers=args.threads, pin_memory=device.type == "cuda",
+                        num_workers=workers, pin_memory=device.type == "cuda",
                         generator=torch.Generator().manual_seed(args.seed))
     val_list = (None if (args.val_file_list or "").lower() == "none"
                 else args.val_file_list or default_validation_list(args))
@@ -295,8 +310,8 @@ def build_data(args: cli.Options, rank: int, world_size: int, device: torch.devi
         data_augmentation=False, file_list=val_list, other_dataset=args.other_dataset,
         patch_size=0, future_frame=args.future_frame, flow_cache=args.flow_cache,
         skip_bad=args.skip_bad_samples)
-    val_loader = DataLoader(evenly_spaced(val_set, args.val_max_samples), batch_size=1,
-                            num_workers=args.threads)
+    val_loader = DataLoader(evenly_spaced(val_set, args.val_max_samples),
+                            batch_size=args.testBatchSize, num_workers=workers)
     return train_set, sampler, loader, val_loader
 
 
@@ -428,11 +443,26 @@ def validate(trainer: GANTrainer, loader: DataLoader, scale: int) -> dict[str, f
         batch = trainer.to_device(batch)
         sr = trainer.generate(netG, batch)
         for i in range(sr.shape[0]):
-            board.add("validation", str(len(board.rows)), sr[i], batch.target[i])
+            board.add("validation", str(len(board.rows)), sr[i], batch.target[i],
+                      bicubic=batch.bicubic[i])
     netG.train()
     means = board.average()
     return {"PSNR": means["psnr_y"], "SSIM": means["ssim_y"],
-            "PSNR_RGB": means["psnr_rgb"], "SSIM_RGB": means["ssim_rgb"]}
+            "PSNR_RGB": means["psnr_rgb"], "SSIM_RGB": means["ssim_rgb"],
+            "PSNR_Bicubic": means["bicubic_psnr_y"]}
+
+
+def below_bicubic_advice(args: cli.Options, psnr: float, bicubic: float) -> str:
+    """What to say when validation scores below plain bicubic upscaling."""
+    hints = []
+    if not args.residual:
+        hints.append("--residual (learn only the difference to bicubic)")
+    hints.append("more epochs or iterations")
+    hints.append("a learning rate that is not decayed early (--lr_step 0)")
+    if not args.pretrained:
+        hints.append("starting from trained weights (--pretrained --pretrained_sr FILE)")
+    return (f"warning: validation PSNR-Y {psnr:.2f} dB is below bicubic's {bicubic:.2f} dB: the "
+            f"model does not beat plain upscaling yet; what usually helps: {'; '.join(hints)}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -566,6 +596,8 @@ def end_epoch(args: cli.Options, trainer: GANTrainer, val_loader: DataLoader | N
     summary = ", ".join(f"{k} {row[k]:.4g}" for k in ("DLoss", "GLoss", "PSNR", "SSIM")
                         if not math.isnan(row.get(k, math.nan)))
     tqdm.write(f"epoch {at.epoch}: {summary} ({at.seconds:.1f} s)")
+    if row.get("PSNR", math.inf) < row.get("PSNR_Bicubic", -math.inf):
+        tqdm.write(below_bicubic_advice(args, row["PSNR"], row["PSNR_Bicubic"]), file=sys.stderr)
     if at.epoch % args.snapshots == 0 or at.epoch == args.nEpochs:
         check_finite_weights(trainer.netG, trainer.netD)
         nets = {"netG": trainer.netG, "netD": trainer.netD}
@@ -585,7 +617,8 @@ def write_snapshot_card(args: cli.Options, at: Progress, row: dict) -> None:
         "config": model_config(args).to_dict(),
         "training": {"epoch": at.epoch, "iterations": at.iteration,
                      "epoch_seconds": round(at.seconds, 1), "args": args.to_dict()},
-        "validation": {k: row[k] for k in ("PSNR", "SSIM", "PSNR_RGB", "SSIM_RGB") if k in row},
+        "validation": {k: row[k] for k in ("PSNR", "SSIM", "PSNR_RGB", "SSIM_RGB", "PSNR_Bicubic")
+                       if k in row},
     })
 
 

@@ -389,7 +389,7 @@ def set_rng_state(state: dict) -> None:
 COLUMNS = (
     "Epoch", "DLoss", "GLoss", "DScore", "GScore", "PSNR", "SSIM",
     "Iteration", *loss.TERM_COLUMNS.values(),
-    "PSNR_RGB", "SSIM_RGB", "LR_G", "LR_D", "Samples", "Skipped", "Seconds",
+    "PSNR_RGB", "SSIM_RGB", "PSNR_Bicubic", "LR_G", "LR_D", "Samples", "Skipped", "Seconds",
 )
 
 # (title, columns, log scale) of each panel of the plot.
@@ -399,7 +399,7 @@ _PANELS = (
     ("generator loss terms (unweighted)", tuple(t.column for t in loss.FOURFOLD_TERMS.values()
                                                  if t.positive), True),
     ("discriminator: D(x), D(G(z))", ("DScore", "GScore"), False),
-    ("validation PSNR (dB)", ("PSNR", "PSNR_RGB"), False),
+    ("validation PSNR (dB)", ("PSNR", "PSNR_RGB", "PSNR_Bicubic"), False),
     ("validation SSIM", ("SSIM", "SSIM_RGB"), False),
     ("learning rate", ("LR_G", "LR_D"), True),
 )

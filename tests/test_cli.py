@@ -142,3 +142,14 @@ def test_options_are_read_only():
     with pytest.raises(AttributeError, match="read-only"):
         options.lr = 1.0
     assert options.to_dict() == {"lr": 1e-4, "nEpochs": 2}
+
+
+def test_loader_workers_are_capped_at_the_cores(monkeypatch, capsys):
+    import cli
+
+    monkeypatch.setattr(cli, "available_cores", lambda: 2)
+    assert cli.loader_workers(1) == 1 and cli.loader_workers(2) == 2
+    assert capsys.readouterr().err == ""
+    assert cli.loader_workers(8, "--threads") == 2
+    assert capsys.readouterr().err == ("note: --threads 8: this machine has 2 CPU cores; using 2 "
+                                       "data loader workers\n")

@@ -451,3 +451,55 @@ def test_bench_smoke():
     assert line.startswith("| cpu | bf16 | 1 | 16 |")
     seconds, peak = (float(c) for c in line.strip("|").split("|")[4:6])
     assert seconds > 0 and peak > 0
+
+
+# ----------------------------------------------------------------------------- a new user's run
+
+# The original iSeeBetterTrain.py's flags, as its users typed them (type=bool flags as words).
+ORIGINAL_TRAIN_LINE = [
+    "--upscale_factor", "4", "--batchSize", "2", "--testBatchSize", "5", "--start_epoch", "1",
+    "--nEpochs", "150", "--snapshots", "1", "--lr", "1e-4", "--gpu_mode", "True",
+    "--threads", "8", "--seed", "123", "--gpus", "8", "--file_list", "sep_trainlist.txt",
+    "--other_dataset", "False", "--future_frame", "True", "--nFrames", "7",
+    "--patch_size", "64", "--data_augmentation", "True", "--model_type", "RBPN",
+    "--residual", "False", "--pretrained_sr", "RBPN_4x.pth", "--pretrained",
+    "--save_folder", "weights/", "--prefix", "F7", "--APITLoss", "--useDataParallel", "-v"]
+
+
+def test_original_command_lines_keep_their_meaning(tmp_path):
+    args = iSeeBetterTrain.parse_args(["--data_dir", str(tmp_path), *ORIGINAL_TRAIN_LINE])
+    assert (args.upscale_factor, args.batchSize, args.testBatchSize, args.nEpochs) == (4, 2, 5, 150)
+    assert args.gpu_mode is True and args.other_dataset is False and args.residual is False
+    assert args.pretrained and args.useDataParallel and args.debug and args.prefix == "F7"
+    assert args.loss == "fourfold" and args.model_type == "RBPN" and args.lr_step == 75
+    assert iSeeBetterTrain.parse_args(["--data_dir", str(tmp_path)]).testBatchSize == 1
+
+
+def test_short_runs_do_not_decay_the_learning_rate_by_default(tmp_path):
+    def lr_step(*argv: str) -> int:
+        return iSeeBetterTrain.parse_args(["--data_dir", str(tmp_path), *argv]).lr_step
+
+    assert lr_step("--nEpochs", "2") == 0 and lr_step("--nEpochs", "9") == 0
+    assert lr_step("--nEpochs", "10") == 5 and lr_step("--nEpochs", "150") == 75  # original's
+    assert lr_step("--nEpochs", "2", "--lr_step", "1") == 1
+
+
+def test_a_model_below_bicubic_is_reported_with_advice(data2, tmp_path, capsys):
+    assert run(data2, tmp_path, "--nEpochs", "1", "--loss", "l1", "--no-gan") == 0
+    (row,) = rows(tmp_path)
+    assert float(row["PSNR"]) < float(row["PSNR_Bicubic"])  # an untrained tiny model
+    err = capsys.readouterr().err
+    assert err.count("is below bicubic's") == 1
+    assert "--residual" in err and "--pretrained" in err
+    card = checkpoint.read_model_card(tmp_path / "netG_epoch_4_1.pth")
+    assert card["validation"]["PSNR_Bicubic"] == pytest.approx(float(row["PSNR_Bicubic"]))
+
+
+def test_more_loader_workers_than_cores_are_capped_with_one_note(data2, tmp_path, monkeypatch,
+                                                                 capfd):
+    monkeypatch.setattr(cli, "available_cores", lambda: 1)
+    assert run(data2, tmp_path, "--nEpochs", "1", "--loss", "l1", "--no-gan",
+               "--threads", "8") == 0
+    err = capfd.readouterr().err
+    assert err.count("note: --threads 8: this machine has 1 CPU cores; using 1 data loader") == 1
+    assert "worker processes in total" not in err  # PyTorch's own three-line warning
