@@ -11,16 +11,20 @@ the seven frames of a window). Windows that span a scene cut are skipped. A stil
 input named with an image suffix, IMAGE_SUFFIXES) gives ``--pans`` synthetic camera pans
 instead: seven crops along a straight path with a random whole-pixel velocity (so no resampling
 softens the frames; the x4 LR frames then move by quarter pixels), up to ``--pan_speed`` pixels
-per frame. The result depends only on the inputs and ``--seed``. Vid4 is the standard test
-set: do not train on it.
+per frame. The result depends only on the inputs and ``--seed``. An input that cannot be used
+(unreadable, smaller than ``--size``, under seven sampled frames) is skipped with a warning;
+inputs after ``--max_septuplets`` is reached are not opened. The lists always name the finished
+septuplets, also after an error or Ctrl-C. Vid4 is the standard test set: do not train on it.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import random
 import re
+import sys
 from collections.abc import Iterator, Sequence
 
 import av
@@ -46,19 +50,20 @@ def sampled_frames(path: str, size: tuple[int, int], stride: int) -> Iterator[Im
             raise cli.CLIError(f"{path}: no video stream")
         stream = container.streams.video[0]
         try:
-            decoded = tqdm(container.decode(stream), total=stream.frames or None,
-                           desc=os.path.basename(path), unit="frame")
-            for index, frame in enumerate(decoded):
-                if index % stride:
-                    continue
-                image = frame.to_image()
-                factor = max(size[0] / image.width, size[1] / image.height)
-                if factor > 1:
-                    raise cli.CLIError(f"{path}: frames are {image.width}x{image.height}, smaller "
-                                       f"than --size {size[0]}x{size[1]}")
-                scaled = (max(size[0], round(image.width * factor)),
-                          max(size[1], round(image.height * factor)))
-                yield image.resize(scaled, Image.LANCZOS) if scaled != image.size else image
+            # the bar is closed however the loop ends (an error, or the caller stopping early)
+            with tqdm(container.decode(stream), total=stream.frames or None,
+                      desc=os.path.basename(path), unit="frame") as decoded:
+                for index, frame in enumerate(decoded):
+                    if index % stride:
+                        continue
+                    image = frame.to_image()
+                    factor = max(size[0] / image.width, size[1] / image.height)
+                    if factor > 1:
+                        raise cli.CLIError(f"{path}: frames are {image.width}x{image.height}, "
+                                           f"smaller than --size {size[0]}x{size[1]}")
+                    scaled = (max(size[0], round(image.width * factor)),
+                              max(size[1], round(image.height * factor)))
+                    yield image.resize(scaled, Image.LANCZOS) if scaled != image.size else image
         except av.error.FFmpegError as err:
             raise cli.CLIError(f"{path}: cannot decode the video ({err})") from None
 
@@ -128,11 +133,24 @@ def still_septuplets(path: str, size: tuple[int, int], pans: int, max_speed: int
 
 def video_septuplets(path: str, args: argparse.Namespace,
                      rng: random.Random) -> Iterator[list[Image.Image]]:
-    """Windows of a video without a scene cut, each cut to one or more crop boxes."""
-    for window in windows(sampled_frames(path, args.size, args.frame_stride),
-                          args.window_step, args.scene_cut):
-        for box in crop_boxes(window[0].size, args.size, args.crop, args.crops, rng):
-            yield [frame.crop(box) for frame in window]
+    """Windows of a video without a scene cut, each cut to one or more crop boxes. A video
+    with fewer than seven sampled frames raises ``CLIError`` once it is read to the end."""
+    sampled = 0
+
+    def counted(frames: Iterator[Image.Image]) -> Iterator[Image.Image]:
+        nonlocal sampled
+        for frame in frames:
+            sampled += 1
+            yield frame
+
+    frames = sampled_frames(path, args.size, args.frame_stride)
+    with contextlib.closing(frames):
+        for window in windows(counted(frames), args.window_step, args.scene_cut):
+            for box in crop_boxes(window[0].size, args.size, args.crop, args.crops, rng):
+                yield [frame.crop(box) for frame in window]
+    if sampled < FRAMES:
+        raise cli.CLIError(f"{path}: only {sampled} sampled frames (--frame_stride "
+                           f"{args.frame_stride}), fewer than the {FRAMES} of a septuplet")
 
 
 def clip_name(path: str, taken: set[str]) -> str:
@@ -142,6 +160,59 @@ def clip_name(path: str, taken: set[str]) -> str:
         name, n = f"{base}_{n}", n + 1
     taken.add(name)
     return name
+
+
+def write_lists(output: str, made: list[list[str]],
+                test_fraction: float) -> tuple[list[str], list[str]]:
+    """Split each input's complete septuplets (``made``, one list per input) into training and
+    test names and write ``sep_trainlist.txt`` (and ``sep_testlist.txt`` when it has any);
+    nothing is written when no septuplet was made."""
+    train: list[str] = []
+    test: list[str] = []
+    for names in made:
+        held = int(round(len(names) * test_fraction))
+        train += names[:len(names) - held]
+        test += names[len(names) - held:]
+    if train or test:
+        for file_name, entries in (("sep_trainlist.txt", train), ("sep_testlist.txt", test)):
+            if entries or file_name == "sep_trainlist.txt":
+                atomic.write_text(os.path.join(output, file_name),
+                                  "".join(f"{e}\n" for e in entries))
+    return train, test
+
+
+def make_septuplets(args: argparse.Namespace, clips: list[str], made: list[list[str]]) -> None:
+    """Write the septuplets of every input in turn, appending each input's list of names to
+    ``made`` and a name to it only once all seven frames are saved. An input that cannot be
+    used (a ``CLIError`` while reading it) is skipped with a warning; once ``--max_septuplets``
+    are written, the remaining inputs are not opened."""
+    sequences = os.path.join(args.output, "sequences")
+    rng, total = random.Random(args.seed), 0
+    for video, clip in zip(args.videos, clips, strict=True):
+        if args.max_septuplets and total >= args.max_septuplets:
+            break
+        names: list[str] = []
+        made.append(names)
+        septuplets = (still_septuplets(video, args.size, args.pans, args.pan_speed, rng)
+                      if video.lower().endswith(IMAGE_SUFFIXES)
+                      else video_septuplets(video, args, rng))
+        with contextlib.closing(septuplets):
+            while not (args.max_septuplets and total >= args.max_septuplets):
+                try:
+                    septuplet = next(septuplets, None)
+                except cli.CLIError as err:
+                    rest = "the rest of " if names else ""
+                    print(f"warning: skipping {rest}{err}", file=sys.stderr)
+                    break
+                if septuplet is None:
+                    break
+                name = f"{clip}/{len(names) + 1:04d}"
+                folder = os.path.join(sequences, name)
+                os.makedirs(folder)
+                for i, frame in enumerate(septuplet, 1):
+                    frame.save(os.path.join(folder, f"im{i}.png"))
+                names.append(name)
+                total += 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -192,36 +263,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not os.path.isfile(video):
             raise cli.CLIError(f"{video}: file not found")
     sequences = os.path.join(args.output, "sequences")
-    rng, taken, total = random.Random(args.seed), set(), 0
-    train, test = [], []
-    for video in args.videos:
-        clip = clip_name(video, taken)
+    taken: set[str] = set()
+    clips = [clip_name(video, taken) for video in args.videos]
+    for clip in clips:
         if os.path.exists(os.path.join(sequences, clip)):
             raise cli.CLIError(f"{os.path.join(sequences, clip)}: exists; choose a new --output")
-        names = []
-        septuplets = (still_septuplets(video, args.size, args.pans, args.pan_speed, rng)
-                      if video.lower().endswith(IMAGE_SUFFIXES)
-                      else video_septuplets(video, args, rng))
-        for septuplet in septuplets:
-            if args.max_septuplets and total >= args.max_septuplets:
-                break
-            name = f"{clip}/{len(names) + 1:04d}"
-            folder = os.path.join(sequences, name)
-            os.makedirs(folder)
-            for i, frame in enumerate(septuplet, 1):
-                frame.save(os.path.join(folder, f"im{i}.png"))
-            names.append(name)
-            total += 1
-        held = int(round(len(names) * args.test_fraction))
-        train += names[:len(names) - held]
-        test += names[len(names) - held:]
-    if not total:
+    made: list[list[str]] = []
+    try:
+        make_septuplets(args, clips, made)
+    finally:  # also on an error or Ctrl-C: list the septuplets that are complete
+        train, test = write_lists(args.output, made, args.test_fraction)
+    if not train and not test:
         raise cli.CLIError("no septuplet was written: the videos are shorter than "
                            f"{FRAMES} sampled frames or every window spans a scene cut")
-    for file_name, entries in (("sep_trainlist.txt", train), ("sep_testlist.txt", test)):
-        if entries or file_name == "sep_trainlist.txt":
-            atomic.write_text(os.path.join(args.output, file_name),
-                              "".join(f"{e}\n" for e in entries))
     print(f"{args.output}: {len(train)} training and {len(test)} test septuplets")
     return 0
 

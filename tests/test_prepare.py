@@ -141,3 +141,92 @@ def test_a_still_smaller_than_the_size_is_refused(tmp_path, capsys):
     Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(path)
     assert prepare(str(path), "--output", str(tmp_path / "o"), "--size", "48x32") == 2
     assert "small.jpg: the image is 30x20, smaller than --size 48x32" in capsys.readouterr().err
+
+
+def write_video(path, frames: list[np.ndarray]) -> str:
+    """A lossless video of ``frames`` (HxWx3 uint8, all the same size)."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("png", rate=25)
+        stream.height, stream.width = frames[0].shape[:2]
+        stream.pix_fmt = "rgb24"
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+    return str(path)
+
+
+FIRST_CLIP = ["tiny_clip/0001", "tiny_clip/0002", "tiny_clip/0003", "tiny_clip/0004"]
+
+
+def test_a_later_input_too_small_is_skipped_with_a_warning(video, tmp_path, capsys):
+    small = write_video(tmp_path / "small.mov", [f[:30, :40] for f in source_frames()[:14]])
+    out = tmp_path / "out"
+    assert prepare(video, small, "--output", str(out), "--size", "48x32") == 0
+    assert (out / "sep_trainlist.txt").read_text().split() == FIRST_CLIP
+    err = capsys.readouterr().err
+    warnings = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert warnings == [f"warning: skipping {small}: frames are 40x30, smaller than --size 48x32"]
+    assert "error" not in err
+    assert not (out / "sequences" / "small").exists()
+
+
+def test_a_video_shorter_than_seven_sampled_frames_is_skipped_with_a_warning(video, tmp_path,
+                                                                             capsys):
+    short = write_video(tmp_path / "short.mov", source_frames()[:8])
+    out = tmp_path / "out"
+    # with --frame_stride 2, 8 frames give only 4 sampled frames
+    assert prepare(short, video, "--output", str(out), "--size", "48x32",
+                   "--frame_stride", "2", "--scene_cut", "0") == 0
+    assert (out / "sep_trainlist.txt").read_text().split() == ["tiny_clip/0001", "tiny_clip/0002"]
+    warnings = [line for line in capsys.readouterr().err.splitlines()
+                if line.startswith("warning:")]
+    assert len(warnings) == 1 and warnings[0].startswith(f"warning: skipping {short}: ")
+    assert "4 sampled frames" in warnings[0]
+    # alone, it is still the one-line error
+    assert prepare(short, "--output", str(tmp_path / "o"), "--size", "48x32",
+                   "--frame_stride", "2") == 2
+    assert "no septuplet was written" in capsys.readouterr().err
+    assert not (tmp_path / "o" / "sep_trainlist.txt").exists()
+
+
+def test_inputs_after_the_limit_are_never_opened(video, tmp_path, capsys, monkeypatch):
+    broken = tmp_path / "x.mp4"
+    broken.write_bytes(np.random.default_rng(1).integers(0, 256, 4096, np.uint8).tobytes())
+    still = tmp_path / "photo.png"
+    Image.fromarray(np.zeros((70, 100, 3), np.uint8)).save(still)
+    opened = []
+    real_open, real_image_open = av.open, Image.open
+    monkeypatch.setattr(av, "open", lambda path, *a, **k: (opened.append(str(path)),
+                                                          real_open(path, *a, **k))[1])
+    monkeypatch.setattr(Image, "open", lambda path, *a, **k: (opened.append(str(path)),
+                                                             real_image_open(path, *a, **k))[1])
+    out = tmp_path / "out"
+    assert prepare(video, str(broken), str(still), "--output", str(out), "--size", "48x32",
+                   "--max_septuplets", "2") == 0
+    assert opened == [video]
+    assert (out / "sep_trainlist.txt").read_text().split() == FIRST_CLIP[:2]
+    err = capsys.readouterr().err
+    assert "x.mp4" not in err and "photo" not in err and "warning" not in err
+    assert sorted(os.listdir(out / "sequences")) == ["tiny_clip"]
+
+
+@pytest.mark.parametrize("failure, code", [(OSError("No space left on device"), 1),
+                                           (KeyboardInterrupt(), 130)])
+def test_a_failure_mid_way_still_lists_the_complete_septuplets(video, tmp_path, capsys,
+                                                               monkeypatch, failure, code):
+    still = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(3).integers(0, 256, (70, 100, 3), np.uint8)).save(still)
+    real_save = Image.Image.save
+
+    def save(self, fp, *args, **kwargs):
+        if os.path.join("photo", "0002", "im4.png") in str(fp):
+            raise failure
+        return real_save(self, fp, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "save", save)
+    out = tmp_path / "out"
+    assert prepare(video, str(still), "--output", str(out), "--size", "48x32",
+                   "--pans", "3") == code
+    assert (out / "sep_trainlist.txt").read_text().split() == [*FIRST_CLIP, "photo/0001"]
+    assert (out / "sequences" / "photo" / "0002" / "im3.png").exists()  # half-written: unlisted
+    assert not (out / "sep_testlist.txt").exists()
