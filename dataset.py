@@ -292,7 +292,7 @@ class DatasetFromFolder(data.Dataset):
         self._bad: set[int] = set()  # per process: known-bad indices are not read again
         self.image_filenames = [self._target_path(e) for e in self.entries]
         if not skip_bad:
-            self._check_targets_exist()
+            self._check_frames_exist(neighbours=False)
 
     # -- public helpers ------------------------------------------------------------------------
 
@@ -433,8 +433,18 @@ class DatasetFromFolder(data.Dataset):
             return entry
         return vimeo_frames(entry, self.nFrames, self.future_frame)[0]
 
-    def _check_targets_exist(self) -> None:
-        missing = [p for p in self.image_filenames if not os.path.isfile(p)]
+    def _check_frames_exist(self, neighbours: bool) -> None:
+        """The targets exist, and with ``neighbours`` (test sets, whose runs print partial
+        results) the Vimeo-90K neighbours too; a missing numbered neighbour is replaced by the
+        target. Training finds a missing neighbour when it loads the sample, where
+        ``skip_bad`` can skip it."""
+        wanted = list(self.image_filenames)
+        if neighbours and not self.other_dataset:
+            wanted = []
+            for entry in self.entries:
+                target, neighbours = vimeo_frames(entry, self.nFrames, self.future_frame)
+                wanted += [target, *neighbours]
+        missing = [p for p in wanted if not os.path.isfile(p)]
         if missing:
             more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
             raise DataError(f"{missing[0]}: missing frame, listed in {self.list_path}{more}")
@@ -461,6 +471,7 @@ class DatasetFromFolderTest(DatasetFromFolder):
                          file_list=file_list, other_dataset=other_dataset, patch_size=0,
                          future_frame=future_frame, upscale_only=upscale_only,
                          flow_cache=flow_cache)
+        self._check_frames_exist(neighbours=True)  # before any frame is upscaled
 
 
 def _wh(size: tuple[int, int]) -> str:

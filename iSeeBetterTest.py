@@ -353,7 +353,7 @@ def run_dataset(args: cli.Options, device: torch.device) -> None:
     print(f"{len(names)} frames from {test_set.list_path}; {describe(config, args, device)}",
           file=sys.stderr)
     loader = DataLoader(test_set, batch_size=args.testBatchSize, shuffle=False,
-                        num_workers=args.threads)
+                        num_workers=cli.loader_workers(args.threads))
     board = Scoreboard(crop=scale)
     start = time.perf_counter()
     index = 0

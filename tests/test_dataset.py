@@ -457,3 +457,13 @@ def test_skip_bad_with_nothing_good_left(tmp_path, fast_flows):
             train[0]
 
 
+
+
+def test_a_test_set_finds_a_missing_neighbour_before_any_work(tmp_path):
+    """A Vimeo-layout test set checks every frame it will read when it is built, so the test
+    script stops before printing partial results (a training set finds it when loading)."""
+    root = write_vimeo(tmp_path)
+    os.remove(os.path.join(root, "c1/s2/im6.png"))
+    with pytest.raises(DataError, match=r"c1/s2/im6.png: missing frame, listed in .*trainlist"):
+        data.get_test_set(root, 7, 4, "sep_trainlist.txt", False, True)
+    data.get_training_set(root, 7, 4, False, "sep_trainlist.txt", False, 0, True)  # builds

@@ -208,6 +208,10 @@ def test_clear_errors(tiny_model, clip, frames_dir, work, tmp_path):
                               "-o", frames_dir / "results"), "inside --data_dir")
     assert not (frames_dir / "results").exists()
     assert_one_error_line(run("--video", clip, "--data_dir", frames_dir), "choose one")
+    # A library error names its parameter (image_dir); the script shows the flag.
+    missing = tmp_path / "no_frames"
+    assert_one_error_line(run("--data_dir", missing, "-m", tiny_model, "-o", tmp_path / "r"),
+                          f"--data_dir {missing}: folder not found")
 
 
 @pytest.mark.shared_data
@@ -256,3 +260,23 @@ def test_model_card_decides_residual_unless_the_flag_is_given(frames_dir, tmp_pa
     assert from_card["psnr_y"] == from_card["bicubic_psnr_y"]
     overridden = clip_scores("--no-residual")
     assert overridden["psnr_y"] < overridden["bicubic_psnr_y"] - 5  # a black image
+
+
+def test_original_command_lines_keep_their_meaning():
+    """The original iSeeBetterTest.py's flags (../shared/docs/iseebetter-reference.md), written
+    the way its users wrote them (type=bool flags as words)."""
+    import iSeeBetterTest
+
+    args = iSeeBetterTest.parse_args([
+        "-m", "weights/netG_epoch_4_1.pth", "-o", "Results/", "-s", "4", "-r", "False",
+        "-c", "True", "--testBatchSize", "1", "--chop_forward", "False", "--threads", "1",
+        "--seed", "123", "--gpus", "1", "--data_dir", "./Vid4", "--file_list", "foliage.txt",
+        "--other_dataset", "True", "--future_frame", "True", "--nFrames", "7",
+        "--model_type", "RBPN", "-d", "-u", "False"])
+    assert (args.model, args.output, args.upscale_factor, args.nFrames) == (
+        "weights/netG_epoch_4_1.pth", "Results/", 4, 7)
+    assert args.residual is False and args.gpu_mode is True and args.chop_forward is False
+    assert args.other_dataset is True and args.future_frame is True and args.debug is True
+    assert args.upscale_only is False and args.data_dir == "./Vid4"
+    assert (args.file_list, args.testBatchSize, args.threads, args.gpus) == (
+        "foliage.txt", 1, 1, 1)
