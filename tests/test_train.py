@@ -503,3 +503,45 @@ def test_more_loader_workers_than_cores_are_capped_with_one_note(data2, tmp_path
     err = capfd.readouterr().err
     assert err.count("note: --threads 8: this machine has 1 CPU cores; using 1 data loader") == 1
     assert "worker processes in total" not in err  # PyTorch's own three-line warning
+
+
+def readme_train_commands() -> list[list[str]]:
+    """The commands of the first code block of README.md's "## Train" section."""
+    import shlex
+
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("\n## Train\n"):]
+    block = section[section.index("```bash\n") + 8:section.index("\n```", section.index("```bash"))]
+    return [shlex.split(line) for line in block.replace("\\\n", " ").splitlines()
+            if line.startswith("python ")]
+
+
+def test_readme_train_section_opens_with_commands_that_train_offline(tmp_path):
+    """README's first Train commands, on a clip made here, with tiny settings appended: they
+    make septuplets, train, and upscale with the snapshot, with nothing downloaded."""
+    from tests.test_video import write_clip
+
+    prepare, train, upscale_cmd = readme_train_commands()
+    assert [c[1] for c in (prepare, train, upscale_cmd)] == [
+        "prepare_septuplets.py", "iSeeBetterTrain.py", "iSeeBetterTest.py"]
+    clip = write_clip(tmp_path / "clip.mp4", frames=21, width=480, height=272)
+    env = subprocess_env()
+
+    def call(argv: list[str], *extra: str) -> None:
+        argv = [str(clip) if a.endswith(".mp4") else a for a in argv]
+        result = subprocess.run([sys.executable, *argv[1:], *extra], cwd=tmp_path, env=env,
+                                capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-2000:]
+
+    call([str(ROOT / a) if a.endswith(".py") else a for a in prepare],
+         "--scene_cut", "0", "--test_fraction", "0.34")
+    assert (tmp_path / "my_data" / "sep_testlist.txt").read_text().strip()
+    call([str(ROOT / a) if a.endswith(".py") else a for a in train], *TINY, "--nEpochs", "1")
+    snapshot = tmp_path / "my_weights" / "netG_epoch_4_1.pth"
+    card = checkpoint.read_model_card(snapshot)
+    assert card["config"]["residual"] is True and "PSNR" in card["validation"]
+    model = upscale_cmd.index("-m") + 1
+    call([str(ROOT / a) if a.endswith(".py") else a for a in upscale_cmd[:model]]
+         + [str(snapshot)] + upscale_cmd[model + 1:], "--max_frames", "2", "-o", "out.mp4",
+         "--no-gpu_mode")
+    assert (tmp_path / "out.mp4").stat().st_size > 0
