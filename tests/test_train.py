@@ -132,7 +132,7 @@ def test_two_iterations_write_checkpoints_statistics_and_plot(trained):
 def test_resume_mid_epoch_gives_bit_identical_weights(tmp_path, capsys):
     # Three samples at batch 2: two iterations per epoch, the second with one sample.
     data_dir = make_septuplets(tmp_path / "data", train=3)
-    common = ("--nEpochs", "2", "--batchSize", "2")
+    common = ("--nEpochs", "2", "--batchSize", "2", "--lr_step", "1")
     whole, split = tmp_path / "whole", tmp_path / "split"
     assert run(data_dir, whole, *common) == 0
     assert run(data_dir, split, *common, "--max_iters", "3", "--save_every_iters", "2") == 0
@@ -152,7 +152,7 @@ def test_resume_mid_epoch_gives_bit_identical_weights(tmp_path, capsys):
         assert {k: v for k, v in a.items() if k != "Seconds"} == {
             k: v for k, v in b.items() if k != "Seconds"}
     assert [r["Samples"] for r in history_whole] == ["3", "3"]
-    # --lr_step defaults to half of --nEpochs: the second epoch runs at lr / 10.
+    # --lr_step 1: the second epoch runs at lr / 10, resumed run or not.
     assert [float(r["LR_G"]) for r in history_whole] == [1e-4, 1e-5]
     # Resuming a finished run trains nothing.
     capsys.readouterr()
