@@ -38,7 +38,7 @@ class Sample(NamedTuple):
     Args:
         input: the LR target frame (3, h, w).
         target: the HR ground truth (3, h*s, w*s); ``torch.zeros(0)`` without one (a dataset
-            with ``upscale_only``), None for video frames without one.
+            with ``upscale_only``), None for decoded video frames (``make_sample``).
         neighbor: the LR neighbours, ``nFrames - 1`` tensors (3, h, w).
         flow: the optical flow from the target to each neighbour, (2, h, w) [u, v].
         bicubic: the target's PIL bicubic upsampling (3, h*s, w*s), or None when not needed.
@@ -216,11 +216,11 @@ def make_lr_frame(image: np.ndarray, scale: int, downscale_first: bool, pts: int
 def make_sample(target: LRFrame, neighbours: Sequence[LRFrame], scale: int,
                 flow_threads: int | None = None, bicubic: bool = True) -> Sample:
     """The model inputs for one decoded frame and its neighbours (``frame_windows``): the
-    flows to them, and the bicubic upsampling unless ``bicubic`` is False. ``target`` is the
-    HR frame when the frame has one."""
+    flows to them, and the bicubic upsampling unless ``bicubic`` is False. ``target`` stays
+    None: video mode scores against ``LRFrame.hr`` as it is, so no HR tensor is made."""
     flows = optical_flow.flows_to(target.lr, [n.lr for n in neighbours], flow_threads)
     return Sample(input=to_tensor(target.lr),
-                  target=to_tensor(target.hr) if target.hr is not None else None,
+                  target=None,
                   neighbor=[to_tensor(n.lr) for n in neighbours],
                   flow=[torch.from_numpy(f) for f in flows],
                   bicubic=to_tensor(upscale(target.lr, scale)) if bicubic else None)

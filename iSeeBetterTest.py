@@ -366,8 +366,9 @@ def run_dataset(args: cli.Options, device: torch.device) -> None:
                 for i in range(len(sr)):
                     name, clip = names[index], clips[index]
                     image = to_uint8(sr[i])
-                    bicubic = to_uint8(batch.bicubic[i])
                     save_png(image, (output / name).with_suffix(".png"))
+                    if not args.upscale_only or index in compare_at:  # else not needed
+                        bicubic = to_uint8(batch.bicubic[i])
                     if not args.upscale_only:
                         row = board.add(clip, Path(name).stem, image, to_uint8(batch.target[i]),
                                         bicubic, seconds)

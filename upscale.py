@@ -271,7 +271,9 @@ class Upscaler:
 
         moved = Sample(input=on_device(sample.input), target=None,
                        neighbor=[on_device(n) for n in sample.neighbor],
-                       flow=[on_device(f) for f in sample.flow], bicubic=on_device(sample.bicubic))
+                       flow=[on_device(f) for f in sample.flow],
+                       # only added to the output: no copy into the model's memory format
+                       bicubic=None if sample.bicubic is None else sample.bicubic.to(self.device))
         out = generator.run_generator(self.model, moved, self.residual, self.precision)
         return out.cpu().contiguous()
 
