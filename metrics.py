@@ -5,6 +5,12 @@ to 8 bits first. ``channel="y"`` is the standard VSR protocol (BT.601 luma of th
 MATLAB ``rgb2ycbcr``, range 16-235, a border of ``crop`` pixels ignored, ``crop = scale``);
 ``channel="rgb"`` is what the original iSeeBetter printed, with the same even crop.
 SSIM uses Wang et al.'s 11x11 Gaussian window (sigma 1.5) over the valid region.
+
+Temporal consistency, between consecutive frames of a clip (``Motion``): tOF exactly as
+TecoGAN defines it, and a warping error of the output's deviation from the ground truth,
+which needs no learned network. LPIPS and tLP are absent: they need ImageNet-trained AlexNet
+weights (README, "Temporal consistency").
+
 ``Scoreboard`` collects them per frame and averages them per clip and over clips.
 """
 
@@ -15,6 +21,7 @@ import json
 import os
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 from skimage.metrics import structural_similarity
@@ -89,10 +96,119 @@ def score(sr: np.ndarray | torch.Tensor, hr: np.ndarray | torch.Tensor,
 
 
 METRIC_KEYS = ("psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb")
+# Scored from the second frame of a clip on (each against its predecessor).
+TEMPORAL_KEYS = ("tof", "warp_error")
+
+# ----------------------------------------------------------------------- temporal consistency
+# tOF follows TecoGAN (Chu et al., "Learning Temporal Coherence via Self-Supervision for
+# GAN-based Video Generation", ACM TOG 2020; the metrics script of github.com/thunil/TecoGAN):
+# OpenCV's Farneback flow between consecutive 8-bit grey frames with these parameters, the
+# output's flow and the ground truth's cropped alike, then the mean over pixels of the
+# Euclidean norm of their difference. The one difference: TecoGAN's script also leaves out
+# the first three and last two frames of each clip; we score every consecutive pair.
+FARNEBACK = {"pyr_scale": 0.5, "levels": 3, "winsize": 15, "iterations": 3, "poly_n": 5,
+             "poly_sigma": 1.2, "flags": 0}
+# Forward-backward consistency (Sundaram et al., ECCV 2010): a pixel is occluded when its
+# backward flow and the forward flow where it lands do not cancel within this tolerance.
+_CONSISTENT_RELATIVE, _CONSISTENT_ABSOLUTE = 0.01, 0.5
 
 
-def _mean(values: list[float]) -> float:
-    return sum(values) / len(values)
+def grey(image: np.ndarray) -> np.ndarray:
+    """8-bit grey of an HxWx3 uint8 RGB image, as OpenCV (and TecoGAN's metric) computes it."""
+    return cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+
+
+def optical_flow(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """Farneback flow (HxWx2 float32, x then y) between two grey frames:
+    ``first[y, x]`` is found at ``second[y + f[..., 1], x + f[..., 0]]``."""
+    return cv2.calcOpticalFlowFarneback(first, second, None, **FARNEBACK)
+
+
+# The smallest frame side TecoGAN's tOF crop leaves pixels of (smaller frames get no tOF).
+TOF_MIN_SIDE = 48
+
+
+def tof_crop(array: np.ndarray) -> np.ndarray:
+    """TecoGAN's centre crop for tOF: each side cut to the largest multiple of 32 that leaves
+    at least 16 pixels out."""
+    def span(size: int) -> slice:
+        kept = size // 32 * 32
+        while kept > size - 16:
+            kept -= 32
+        if kept <= 0:
+            raise ValueError(f"a frame side of {size} pixels is too small for tOF "
+                             f"(at least {TOF_MIN_SIDE})")
+        start = (size - kept) // 2
+        return slice(start, start + kept)
+    return array[span(array.shape[0]), span(array.shape[1])]
+
+
+class Motion:
+    """The ground truth's motion from one frame to the next: what ``tof`` and ``warp_error``
+    hold an output's consecutive frames against.
+
+    Args:
+        previous: the ground-truth frame t-1, HxWx3 uint8.
+        current: the ground-truth frame t, the same size.
+        crop: border ignored by the warping error (the scale factor, as for PSNR).
+    """
+
+    def __init__(self, previous: np.ndarray, current: np.ndarray, crop: int = 0):
+        before, after = grey(previous), grey(current)
+        self.forward = optical_flow(before, after)
+        backward = optical_flow(after, before)  # where each pixel of frame t was at t-1
+        h, w = after.shape
+        ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+        self.map_x, self.map_y = xs + backward[..., 0], ys + backward[..., 1]
+        forward_there = self._warp(self.forward)
+        mismatch = ((backward + forward_there) ** 2).sum(-1)
+        motion = (backward ** 2).sum(-1) + (forward_there ** 2).sum(-1)
+        mask = mismatch <= _CONSISTENT_RELATIVE * motion + _CONSISTENT_ABSOLUTE
+        mask &= (self.map_x >= 0) & (self.map_x <= w - 1) & (self.map_y >= 0)
+        mask &= self.map_y <= h - 1
+        if crop:
+            border = np.zeros_like(mask)
+            border[crop:-crop, crop:-crop] = True
+            mask &= border
+        self.mask = mask
+        self.change = self._change(previous, current)
+
+    def _warp(self, image: np.ndarray) -> np.ndarray:
+        """``image`` of frame t-1 moved onto frame t (bilinear)."""
+        return cv2.remap(image, self.map_x, self.map_y, cv2.INTER_LINEAR,
+                         borderMode=cv2.BORDER_REPLICATE)
+
+    def _change(self, previous: np.ndarray, current: np.ndarray) -> np.ndarray:
+        """What motion does not explain: frame t minus frame t-1 warped onto it, in [0, 1]."""
+        return (current.astype(np.float32) - self._warp(previous.astype(np.float32))) / 255.0
+
+    def tof(self, previous: np.ndarray, current: np.ndarray) -> float:
+        """tOF of two consecutive output frames (uint8 RGB): the mean Euclidean distance, in
+        pixels, between their Farneback flow and the ground truth's (TecoGAN's definition)."""
+        flow = optical_flow(grey(previous), grey(current))
+        difference = tof_crop(flow) - tof_crop(self.forward)
+        return float(np.sqrt((difference ** 2).sum(-1)).mean())
+
+    def warp_error(self, previous: np.ndarray, current: np.ndarray) -> float:
+        """Warping error of two consecutive output frames (uint8 RGB), in 8-bit levels.
+
+        Lai et al. (ECCV 2018) warp frame t-1 onto frame t with the flow and average the
+        squared difference over the pixels that are not occluded. Applied to the output's
+        deviation from the ground truth (output minus ground truth) rather than to the output
+        itself, it is 0 for the ground truth (whose own warping error only measures the
+        flow's imprecision) and counts the change between frames that the true motion does
+        not explain: flicker, popping detail. Reported as the root mean square over the
+        unoccluded pixels and the three channels, times 255.
+        """
+        deviation = self._change(previous, current) - self.change
+        return float(np.sqrt((deviation[self.mask] ** 2).mean()) * 255.0) if self.mask.any() \
+            else 0.0
+
+
+def _means(rows: list[dict], keys: list[str]) -> dict[str, float]:
+    """The mean of each key over the rows that have it (keys no row has are left out)."""
+    found = {k: [row[k] for row in rows if k in row] for k in keys}
+    return {k: sum(values) / len(values) for k, values in found.items() if values}
 
 
 class Scoreboard:
@@ -103,9 +219,11 @@ class Scoreboard:
         crop: border ignored by the metrics (the scale factor).
     """
 
-    def __init__(self, crop: int):
+    def __init__(self, crop: int, temporal: bool = False):
         self.crop = crop
+        self.temporal = temporal
         self.rows: list[dict] = []
+        self._last: dict[str, tuple] = {}  # clip -> its last frame's (hr, sr, bicubic)
 
     def add(self, clip: str, frame: str, sr: np.ndarray | torch.Tensor,
             hr: np.ndarray | torch.Tensor, bicubic: np.ndarray | torch.Tensor | None = None,
@@ -114,41 +232,68 @@ class Scoreboard:
         row = {"clip": clip, "frame": frame}
         if seconds is not None:
             row["seconds"] = seconds
+        sr, hr = to_uint8(sr), to_uint8(hr)
+        bicubic = None if bicubic is None else to_uint8(bicubic)
         row |= score(sr, hr, self.crop)
         if bicubic is not None:
             row |= {f"bicubic_{k}": v for k, v in score(bicubic, hr, self.crop).items()}
+        if self.temporal:
+            row |= self._temporal(clip, hr, sr, bicubic)
         self.rows.append(row)
         return row
 
+    def _temporal(self, clip: str, hr: np.ndarray, sr: np.ndarray,
+                  bicubic: np.ndarray | None) -> dict:
+        """tOF and warping error against the clip's previous frame (none for its first)."""
+        last, self._last[clip] = self._last.get(clip), (hr, sr, bicubic)
+        if last is None:
+            return {}
+        motion = Motion(last[0], hr, self.crop)
+        with_tof = min(hr.shape[:2]) >= TOF_MIN_SIDE
+        found = {}
+        for prefix, before, now in (("", last[1], sr), ("bicubic_", last[2], bicubic)):
+            if before is not None and now is not None:
+                if with_tof:
+                    found[f"{prefix}tof"] = motion.tof(before, now)
+                found[f"{prefix}warp_error"] = motion.warp_error(before, now)
+        return found
+
     def keys(self) -> list[str]:
         """The numeric columns of the rows, in order."""
-        return [k for k in ("seconds", *METRIC_KEYS, *(f"bicubic_{k}" for k in METRIC_KEYS))
-                if self.rows and k in self.rows[0]]
+        scored = (*METRIC_KEYS, *TEMPORAL_KEYS)
+        return [k for k in ("seconds", *scored, *(f"bicubic_{k}" for k in scored))
+                if any(k in row for row in self.rows)]
 
     def clips(self) -> dict[str, dict]:
-        """Mean of every metric per clip, in the order clips were first seen."""
+        """Mean of every metric per clip, in the order clips were first seen (temporal metrics
+        over the frames that have a predecessor)."""
         grouped: dict[str, list[dict]] = {}
         for row in self.rows:
             grouped.setdefault(row["clip"], []).append(row)
-        return {clip: {"frames": len(rows), **{k: _mean([r[k] for r in rows])
-                                               for k in self.keys()}}
+        return {clip: {"frames": len(rows), **_means(rows, self.keys())}
                 for clip, rows in grouped.items()}
 
     def average(self) -> dict:
         """The mean over clips of the clip means (how VSR papers average Vid4)."""
         clips = list(self.clips().values())
-        return {"frames": sum(c["frames"] for c in clips),
-                **{k: _mean([c[k] for c in clips]) for k in self.keys()}}
+        return {"frames": sum(c["frames"] for c in clips), **_means(clips, self.keys())}
 
     def table(self) -> str:
         """The per-clip means (and their average) as a text table, bicubic beside ours."""
+        temporal = "tof" in self.keys()
         head = (f"{'clip':<16}{'frames':>7}  {'bicubic Y':>15}  {'ours Y':>15}  "
-                f"{'bicubic RGB':>15}  {'ours RGB':>15}   (PSNR dB / SSIM, crop {self.crop})")
+                f"{'bicubic RGB':>15}  {'ours RGB':>15}"
+                + (f"  {'bicubic tOF/warp':>16}  {'ours tOF/warp':>16}" if temporal else "")
+                + f"   (PSNR dB / SSIM, crop {self.crop}"
+                + ("; tOF px / warping error in 8-bit levels)" if temporal else ")"))
         lines = [head]
 
         def line(name: str, m: dict) -> str:
             cells = [f"{m[p + 'psnr_' + c]:7.2f} / {m[p + 'ssim_' + c]:.4f}"
                      for c in ("y", "rgb") for p in ("bicubic_", "")]
+            if temporal:
+                cells += [f"{m[p + 'tof']:7.3f} / {m[p + 'warp_error']:6.3f}"
+                          if p + "tof" in m else f"{'-':>16}" for p in ("bicubic_", "")]
             return f"{name:<16}{m['frames']:>7}  " + "  ".join(cells)
 
         clips = self.clips()

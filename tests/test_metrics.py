@@ -4,7 +4,8 @@ import torch
 from scipy.signal import convolve2d
 from skimage.metrics import peak_signal_noise_ratio
 
-from metrics import psnr, rgb_to_y, score, ssim, to_uint8
+import metrics
+from metrics import Motion, Scoreboard, psnr, rgb_to_y, score, ssim, to_uint8, tof_crop
 
 
 def test_psnr_hand_computed():
@@ -83,7 +84,7 @@ def test_score_keys_and_size_check():
 def test_scoreboard_averages_clip_means_and_writes_both_files(tmp_path):
     import json
 
-    from metrics import Scoreboard
+
 
     rng = np.random.default_rng(0)
     hr = rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)
@@ -108,3 +109,81 @@ def test_scoreboard_averages_clip_means_and_writes_both_files(tmp_path):
     alone = Scoreboard(crop=4)
     alone.add("v", "0", noisy[0], hr)
     assert alone.keys() == ["psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb"]
+
+
+# ------------------------------------------------------------------- temporal consistency
+
+
+def textured_pan(frames: int = 6, step: int = 2, h: int = 72, w: int = 88) -> list[np.ndarray]:
+    """Frames of a camera pan: a smooth random texture moving ``step`` pixels right a frame."""
+    from scipy.ndimage import gaussian_filter
+    rng = np.random.default_rng(1)
+    world = gaussian_filter(rng.random((h, w + step * frames, 3)), sigma=(2.5, 2.5, 0))
+    world = (world - world.min()) / (world.max() - world.min())
+    return [to_uint8(world[:, step * (frames - t):step * (frames - t) + w]) for t in range(frames)]
+
+
+def blurred(image: np.ndarray) -> np.ndarray:
+    from scipy.ndimage import uniform_filter
+    return uniform_filter(image.astype(float), size=(3, 3, 1)).round().astype(np.uint8)
+
+
+def test_tof_crop_is_tecogans_centre_crop():
+    assert tof_crop(np.zeros((576, 720))).shape == (544, 704)  # Vid4 frames
+    a = np.arange(64 * 80).reshape(64, 80)
+    np.testing.assert_array_equal(tof_crop(a), a[16:48, 8:72])
+    with pytest.raises(ValueError, match="too small"):
+        tof_crop(np.zeros((40, 80)))
+
+
+def test_tof_hand_computed_on_a_tiny_clip(monkeypatch):
+    # Stub flows: the ground truth does not move; the output moves (3, 4) pixels inside the
+    # tOF crop and wildly outside it, so tOF is |(3, 4)| = 5 exactly when the crop is right.
+    gt, out = np.zeros((64, 80, 3), np.uint8), np.full((64, 80, 3), 9, np.uint8)
+    moved = np.full((64, 80, 2), 100.0, np.float32)
+    moved[16:48, 8:72] = (3.0, 4.0)
+    monkeypatch.setattr(metrics, "optical_flow",
+                        lambda a, b: moved if a[0, 0] == 9 else np.zeros_like(moved))
+    assert Motion(gt, gt).tof(out, out) == pytest.approx(5.0)
+
+
+def test_farneback_flow_measures_a_known_pan():
+    pan = textured_pan(step=2)
+    flow = tof_crop(metrics.optical_flow(metrics.grey(pan[1]), metrics.grey(pan[2])))
+    assert flow[..., 0].mean() == pytest.approx(2.0, abs=0.15)  # moving right
+    assert abs(flow[..., 1].mean()) < 0.1
+    # tOF of a static output against the pan is the pan's speed.
+    assert Motion(pan[1], pan[2]).tof(pan[1], pan[1]) == pytest.approx(2.0, abs=0.2)
+
+
+def test_temporal_metrics_are_zero_for_the_ground_truth_and_grow_with_flicker():
+    pan = textured_pan()
+    motion = Motion(pan[2], pan[3], crop=4)
+    assert motion.mask.mean() > 0.8  # a pan occludes only the entering edge
+    assert motion.tof(pan[2], pan[3]) == 0.0 and motion.warp_error(pan[2], pan[3]) == 0.0
+    steady = [blurred(f) for f in pan]  # a plausible output: the same error in every frame
+    brighter = np.clip(steady[3].astype(int) + 12, 0, 255).astype(np.uint8)
+    shifted = np.roll(steady[3], 3, axis=1)  # a frame that jumps 3 pixels too far
+    calm = motion.warp_error(steady[2], steady[3])
+    assert motion.warp_error(steady[2], brighter) > calm + 8  # the flicker is 12 levels
+    assert motion.tof(steady[2], shifted) > motion.tof(steady[2], steady[3]) + 2
+
+
+def test_scoreboard_scores_consecutive_frames_and_a_shuffled_clip_scores_worse():
+    pan = textured_pan(frames=6)
+    out = [blurred(f) for f in pan]
+
+    def board_for(order: list[int]) -> Scoreboard:
+        board = Scoreboard(crop=4, temporal=True)
+        for t, i in enumerate(order):
+            board.add("pan", str(t), out[i], pan[t], bicubic=pan[t])
+        return board
+
+    ordered, shuffled = board_for([0, 1, 2, 3, 4, 5]), board_for([0, 3, 2, 5, 4, 1])
+    assert "tof" not in ordered.rows[0] and "tof" in ordered.rows[1]
+    mean = ordered.clips()["pan"]
+    assert mean["tof"] == pytest.approx(np.mean([r["tof"] for r in ordered.rows[1:]]))
+    assert mean["bicubic_tof"] == 0.0 and mean["bicubic_warp_error"] == 0.0  # bicubic = gt
+    worse = shuffled.clips()["pan"]
+    assert worse["tof"] > mean["tof"] + 1 and worse["warp_error"] > mean["warp_error"] + 1
+    assert "ours tOF/warp" in ordered.table() and ordered.keys()[-1] == "bicubic_warp_error"
