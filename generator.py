@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -25,6 +26,9 @@ from frames import Sample
 
 # The precisions a generator can run in: None is plain float32, else the autocast dtype.
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+# What --precision / --amp accept besides PRECISIONS: the fastest precision the device computes
+# natively (bf16 where it is native, else fp32).
+AUTO = "auto"
 # The generator architectures --model_type selects.
 ARCHITECTURES = {"RBPN": rbpn.ModelConfig}
 
@@ -32,7 +36,84 @@ ARCHITECTURES = {"RBPN": rbpn.ModelConfig}
 def check_precision(precision: str) -> None:
     """Refuse an unknown precision (a ``ParameterError`` naming ``precision``)."""
     if precision not in PRECISIONS:
-        raise ParameterError("precision", precision, f"choose one of {', '.join(PRECISIONS)}")
+        raise ParameterError("precision", precision,
+                             f"choose one of {', '.join((AUTO, *PRECISIONS))}")
+
+
+def _cpu_has(feature: str) -> bool:
+    """Whether this CPU has ``feature`` ("avx512_bf16", "amx_tile", "amx_fp16"): torch's own
+    probe when this torch has it, else the Linux CPU flags (``amx_tile`` as ``amx_bf16``)."""
+    probe = getattr(torch.cpu, f"_is_{feature}_supported", None)
+    if probe is not None:
+        return bool(probe())
+    flag = {"amx_tile": "amx_bf16"}.get(feature, feature)
+    try:
+        with open("/proc/cpuinfo") as info:
+            return any(line.startswith("flags") and flag in line.split() for line in info)
+    except OSError:
+        return False
+
+
+def native_precisions(device: torch.device | str) -> dict[str, str]:
+    """The reduced precisions ``device`` computes natively, each with the hardware that does.
+
+    CPUs emulate bf16 without AVX512-BF16 or AMX (4-5x slower than fp32 on an AVX-512 Xeon
+    without them) and fp16 without AMX-FP16 (about 6x slower); with AMX, bf16 autocast runs
+    the compact model 1.8x faster than fp32 (README, Benchmarks).
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        found = {"fp16": "CUDA"}
+        if torch.cuda.is_bf16_supported(including_emulation=False):
+            found["bf16"] = f"CUDA {torch.cuda.get_device_name(device)}"
+        return found
+    if device.type != "cpu":
+        return {}
+    found = {}
+    if _cpu_has("amx_tile"):
+        found["bf16"] = "the CPU's AMX"
+    elif _cpu_has("avx512_bf16"):
+        found["bf16"] = "the CPU's AVX512-BF16"
+    if _cpu_has("amx_fp16"):
+        found["fp16"] = "the CPU's AMX-FP16"
+    return found
+
+
+class PrecisionChoice(NamedTuple):
+    precision: str  # a key of PRECISIONS
+    reason: str  # why, for the run's first lines
+    emulated: bool  # asked for by name, though the device emulates it (slower than fp32)
+
+    def describe(self) -> str:
+        return (f"{'warning: ' if self.emulated else ''}precision {self.precision} "
+                f"({self.reason})")
+
+
+def choose_precision(requested: str, device: torch.device | str) -> PrecisionChoice:
+    """The precision to run in and why: ``auto`` picks bf16 where ``device`` computes it
+    natively, else fp32. An emulated precision asked for by name is an error for fp16 on a
+    CPU (never worth it) and is flagged ``emulated`` for bf16 (useful to check numerics).
+
+    Args:
+        requested: "auto" or a key of ``PRECISIONS``.
+        device: where the model runs.
+    """
+    device = torch.device(device)
+    native = native_precisions(device)
+    if requested == AUTO:
+        if "bf16" in native:
+            return PrecisionChoice("bf16", f"auto: {native['bf16']} computes bf16 natively",
+                                   False)
+        return PrecisionChoice("fp32", f"auto: this {device.type} would emulate bf16", False)
+    check_precision(requested)
+    if requested == "fp32" or requested in native:
+        return PrecisionChoice(requested, "as asked", False)
+    if requested == "fp16" and device.type == "cpu":
+        raise ParameterError("precision", requested,
+                             "this CPU emulates fp16 (no AMX-FP16), about 6x slower than fp32; "
+                             "use auto, bf16 or fp32")
+    return PrecisionChoice(requested, f"as asked, but this {device.type} emulates it: slower "
+                           "than fp32; auto picks the fastest", True)
 
 
 def autocast(device_type: str, precision: str) -> contextlib.AbstractContextManager:

@@ -200,10 +200,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="at most this many GPUs for --useDataParallel (default: %(default)s)")
     add_bool(g, "--useDataParallel", default=False,
              help="split each batch over the GPUs with nn.DataParallel (torchrun is faster)")
-    g.add_argument("--amp", default="none", choices=("none", *generator.PRECISIONS),
-                   help="mixed precision: bf16 or fp16 autocast (fp16 needs CUDA and uses a "
-                        "gradient scaler); none (= fp32) trains in float32 "
-                        "(default: %(default)s)")
+    g.add_argument("--amp", default=generator.AUTO,
+                   choices=(generator.AUTO, "none", *generator.PRECISIONS),
+                   help="mixed precision: auto (the default) trains with bf16 autocast where "
+                        "the device computes bf16 natively (CUDA with bf16, CPUs with "
+                        "AVX512-BF16 or AMX) and in float32 elsewhere; bf16 or fp16 autocast "
+                        "(fp16 needs CUDA and uses a gradient scaler); none (= fp32) trains "
+                        "in float32. The log's first lines say which and why")
     add_bool(g, "--channels_last", default=False,
              help="NHWC memory format (faster convolutions on recent GPUs)")
     add_bool(g, "-v", "--debug", default=False,
@@ -315,8 +318,17 @@ def build_data(args: cli.Options, rank: int, world_size: int, device: torch.devi
     return train_set, sampler, loader, val_loader
 
 
+def training_precision(amp: str, device: torch.device) -> generator.PrecisionChoice:
+    """What --amp means on ``device``: none is fp32; fp16 needs CUDA (its gradient scaler)."""
+    if amp == "none":
+        return generator.PrecisionChoice("fp32", "--amp none", False)
+    if amp == "fp16" and device.type != "cuda":
+        raise cli.CLIError("--amp fp16 needs CUDA; use --amp bf16 on the CPU")
+    return generator.choose_precision(amp, device)
+
+
 def build_trainer(args: cli.Options, device: torch.device, world_size: int,
-                  is_main: bool) -> tuple[GANTrainer, list]:
+                  is_main: bool, precision: str = "fp32") -> tuple[GANTrainer, list]:
     """Models (built in a fixed order after seeding, so a resumed run rebuilds them alike),
     optimizers, learning-rate schedulers and the iteration step."""
     netG = model_config(args).build(init=args.init)
@@ -361,7 +373,7 @@ def build_trainer(args: cli.Options, device: torch.device, world_size: int,
         print("note: --useDataParallel needs several CUDA devices; using one", file=sys.stderr)
     trainer = GANTrainer(models[0], models[1] if args.gan else None, criterion, optimizers[0],
                          optimizers[1] if args.gan else None, device=device,
-                         precision="fp32" if args.amp == "none" else args.amp,
+                         precision=precision,
                          residual=args.residual, channels_last=args.channels_last,
                          nan_policy=args.nan_policy)
     return trainer, schedulers
@@ -482,15 +494,16 @@ def run(args: cli.Options) -> int:
 
 def train(args: cli.Options, rank: int, world_size: int, device: torch.device) -> int:
     is_main = rank == 0
-    if args.amp == "fp16" and device.type != "cuda":
-        raise cli.CLIError("--amp fp16 needs CUDA; use --amp bf16 on the CPU")
+    precision = training_precision(args.amp, device)
+    if is_main:
+        print(precision.describe().replace("precision", "amp", 1), file=sys.stderr)
     if is_main and args.debug:
         print(f"arguments: {vars(args)}", file=sys.stderr)
     cli.seed_everything(args.seed)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     train_set, sampler, loader, val_loader = build_data(args, rank, world_size, device)
-    trainer, schedulers = build_trainer(args, device, world_size, is_main)
+    trainer, schedulers = build_trainer(args, device, world_size, is_main, precision.precision)
     at, running = Progress(epoch=args.start_epoch), RunningStats(trainer.columns)
     if args.resume is not None:
         at, running = resume(args, trainer, schedulers, is_main, world_size)
@@ -604,10 +617,10 @@ def end_epoch(args: cli.Options, trainer: GANTrainer, val_loader: DataLoader | N
         weights = {name: weights_of(net) for name, net in nets.items() if net is not None}
         for name, state in weights.items():
             checkpoint.save_weights(state, weights_path(args, name, at.epoch))
-        write_snapshot_card(args, at, row)
+        write_snapshot_card(args, at, row, trainer.precision)
 
 
-def write_snapshot_card(args: cli.Options, at: Progress, row: dict) -> None:
+def write_snapshot_card(args: cli.Options, at: Progress, row: dict, precision: str) -> None:
     """A model card beside each generator snapshot, so that iSeeBetterTest.py uses it right
     (``--residual`` above all) without flags, and a snapshot says how it was made."""
     path = weights_path(args, "netG", at.epoch)
@@ -616,7 +629,8 @@ def write_snapshot_card(args: cli.Options, at: Progress, row: dict) -> None:
         "file": path.name,
         "config": model_config(args).to_dict(),
         "training": {"epoch": at.epoch, "iterations": at.iteration,
-                     "epoch_seconds": round(at.seconds, 1), "args": args.to_dict()},
+                     "epoch_seconds": round(at.seconds, 1), "precision": precision,
+                     "args": args.to_dict()},
         "validation": {k: row[k] for k in ("PSNR", "SSIM", "PSNR_RGB", "SSIM_RGB", "PSNR_Bicubic")
                        if k in row},
     })

@@ -1,10 +1,12 @@
-"""Generator inference speed and memory: one forward pass of the full x4 RBPN.
+"""Generator inference speed and memory: one forward pass of an x4 RBPN (the full one by default).
 
     python bench/bench_model.py                          # 64x64 and 180x144 LR (Vid4 size),
                                                          # fp32 and bf16 autocast, NCHW and
                                                          # channels_last, 2 CPU threads
     python bench/bench_model.py --sizes 64x64 --repeat 5
-    python bench/bench_model.py --tiny --sizes 16x16 --repeat 1 --warmup 0   # smoke test
+    python bench/bench_model.py --models tiny --sizes 16x16 --repeat 1 --warmup 0  # smoke test
+    python bench/bench_model.py --models compact 48/24/1 --sizes 180x144 --formats channels_last
+                                     # model sizes side by side (base_filter/feat/n_resblock)
 
 One forward is ``netG(x, neighbours, flows)`` under ``torch.inference_mode`` with nFrames=7
 (six neighbours and flows), batch 1, random inputs and the stable init (the speed does not
@@ -13,13 +15,14 @@ are its own: on the CPU the peak resident set size of that process (Python, torc
 weights included) and its growth over the RSS measured just before the first forward pass
 ("forward extra"); on CUDA ``torch.cuda.max_memory_allocated``.
 Reference (the original code, fp32, 2 threads, this project's CPU machine): 6.96 s at 64x64 and
-78 s at 180x144; it reports bf16 + channels_last 2.3x faster, which needs native bf16 (AMX or
-AVX512-BF16): on this machine's CPU bf16 is emulated and 4-5x slower (see docs/models.md).
+78 s at 180x144. bf16 is faster only where it is native (AMX or AVX512-BF16 on CPUs); elsewhere
+it is emulated and several times slower (README, Benchmarks).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import resource
 import statistics
@@ -35,8 +38,28 @@ if str(ROOT) not in sys.path:
 
 import cli  # noqa: E402
 
-_FULL = {"base_filter": 256, "feat": 64, "n_resblock": 5}
-_TINY = {"base_filter": 8, "feat": 8, "n_resblock": 1}
+MODELS = {"full": {"base_filter": 256, "feat": 64, "n_resblock": 5},
+          "compact": {"base_filter": 32, "feat": 16, "n_resblock": 1},
+          "tiny": {"base_filter": 8, "feat": 8, "n_resblock": 1}}
+
+
+def parse_model(text: str) -> str:
+    """A model name of MODELS, or base_filter/feat/n_resblock such as 48/24/1."""
+    if text in MODELS:
+        return text
+    parts = text.split("/")
+    if len(parts) != 3 or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise argparse.ArgumentTypeError(
+            f"expected {', '.join(MODELS)} or base_filter/feat/n_resblock (e.g. 48/24/1), "
+            f"got {text!r}")
+    return text
+
+
+def model_sizes(model: str) -> dict:
+    if model in MODELS:
+        return MODELS[model]
+    base_filter, feat, n_resblock = map(int, model.split("/"))
+    return {"base_filter": base_filter, "feat": feat, "n_resblock": n_resblock}
 _FORMATS = ("nchw", "channels_last")
 
 
@@ -64,8 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--upscale_factor", type=int, default=4, choices=(2, 4, 8),
                    help="scale (default: %(default)s)")
     p.add_argument("--nFrames", type=int, default=7, help="frames per sample (default: 7)")
-    cli.add_bool_flag(p, "--tiny", default=False,
-                      help="a tiny generator (8 filters, 1 residual block) for smoke tests")
+    p.add_argument("--models", type=parse_model, nargs="+", default=["full"],
+                   help="generator sizes to time side by side: full (the paper's), compact "
+                        "(the bundled one), tiny (smoke tests), or base_filter/feat/n_resblock "
+                        "(default: full)")
     p.add_argument("--json", metavar="PATH", default=None,
                    help="also write the results as JSON to PATH")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -90,8 +115,8 @@ def measure(config: dict) -> dict:
     device = torch.device(config["device"])
     fmt = torch.channels_last if config["format"] == "channels_last" else torch.contiguous_format
     torch.manual_seed(0)
-    sizes = _TINY if config["tiny"] else _FULL
-    net = rbpn.Net(nFrames=config["nFrames"], scale_factor=config["scale"], **sizes)
+    net = rbpn.Net(nFrames=config["nFrames"], scale_factor=config["scale"],
+                   **model_sizes(config["model"]))
     net = net.to(device, memory_format=fmt).eval()
     width, height = config["size"]
 
@@ -148,32 +173,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif "fp16" in args.precisions:
         raise cli.CLIError("--precisions fp16 needs --device cuda (CPU autocast uses bf16)")
     memory = "peak allocated (MiB)" if args.device == "cuda" else "peak RSS (MiB)"
-    print(f"RBPN forward, {'tiny' if args.tiny else 'full'} model, x{args.upscale_factor}, "
+    print(f"RBPN forward, x{args.upscale_factor}, "
           f"nFrames {args.nFrames}, batch 1, {args.device}, {args.threads or 'default'} "
           f"threads; median of {args.repeat} after {args.warmup} warm-up", flush=True)
-    print(f"| LR size | precision | format | ms (median) | ms (min) | {memory} | "
+    print(f"| LR size | model | precision | format | ms (median) | ms (min) | {memory} | "
           f"forward extra (MiB) | speed-up |")
-    print("|---|---|---|---|---|---|---|---|", flush=True)
+    print("|---|---|---|---|---|---|---|---|---|", flush=True)
     results = []
     for size in args.sizes:
         baseline = None
-        for precision in args.precisions:
-            for fmt in args.formats:
-                config = {"size": size, "precision": precision, "format": fmt,
-                          "repeat": args.repeat, "warmup": args.warmup, "threads": args.threads,
-                          "device": args.device, "scale": args.upscale_factor,
-                          "nFrames": args.nFrames, "tiny": args.tiny}
-                child = subprocess.run([sys.executable, __file__, "--child", json.dumps(config)],
-                                       capture_output=True, text=True)
-                if child.returncode != 0:
-                    last = (child.stderr.strip().splitlines() or ["(no output)"])[-1]
-                    raise cli.CLIError(f"{size[0]}x{size[1]} {precision} {fmt} failed: {last}")
-                r = json.loads(child.stdout.strip().splitlines()[-1])
-                results.append(r)
-                baseline = baseline or r["ms"]  # the first configuration of this size
-                print(f"| {size[0]}x{size[1]} | {precision} | {fmt} | {r['ms']:.1f} | "
-                      f"{r['min_ms']:.1f} | {r['peak_mib']:.0f} | {r['extra_mib']:.0f} | "
-                      f"{baseline / r['ms']:.2f}x |", flush=True)
+        for model, precision, fmt in itertools.product(args.models, args.precisions,
+                                                   args.formats):
+            config = {"size": size, "model": model, "precision": precision, "format": fmt,
+                      "repeat": args.repeat, "warmup": args.warmup, "threads": args.threads,
+                      "device": args.device, "scale": args.upscale_factor,
+                      "nFrames": args.nFrames}
+            child = subprocess.run([sys.executable, __file__, "--child", json.dumps(config)],
+                                   capture_output=True, text=True)
+            if child.returncode != 0:
+                last = (child.stderr.strip().splitlines() or ["(no output)"])[-1]
+                raise cli.CLIError(f"{size[0]}x{size[1]} {model} {precision} {fmt} failed: "
+                                   f"{last}")
+            r = json.loads(child.stdout.strip().splitlines()[-1])
+            results.append(r)
+            baseline = baseline or r["ms"]  # the first configuration of this size
+            print(f"| {size[0]}x{size[1]} | {model} | {precision} | {fmt} | {r['ms']:.1f} | "
+                  f"{r['min_ms']:.1f} | {r['peak_mib']:.0f} | {r['extra_mib']:.0f} | "
+                  f"{baseline / r['ms']:.2f}x |", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
     return 0

@@ -70,3 +70,43 @@ def test_load_generator_reads_the_whole_configuration_from_the_card(tmp_path):
     with pytest.raises(checkpoint.CheckpointError, match=r"g.json: the model card does not "
                        r"describe g.pth \(card vs weights: feat 16 vs 8\)"):
         generator.load_generator(weights)
+
+
+def fake_cpu(monkeypatch, *features):
+    """Make the capability probe report exactly ``features`` for the CPU."""
+    monkeypatch.setattr(generator, "_cpu_has", lambda feature: feature in features)
+
+
+@pytest.mark.parametrize(("features", "picked", "because"), [
+    (("amx_tile", "avx512_bf16"), "bf16", "AMX"),
+    (("avx512_bf16",), "bf16", "AVX512-BF16"),
+    ((), "fp32", "emulate bf16"),
+])
+def test_auto_picks_bf16_only_where_the_cpu_computes_it(monkeypatch, features, picked, because):
+    fake_cpu(monkeypatch, *features)
+    choice = generator.choose_precision("auto", "cpu")
+    assert choice.precision == picked and because in choice.reason and not choice.emulated
+    assert choice.describe().startswith(f"precision {picked} (auto: ")
+
+
+def test_auto_on_cuda_follows_the_gpus_bf16_support(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Some GPU")
+    for supported, picked in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported",
+                            lambda including_emulation=True, s=supported: s)
+        assert generator.choose_precision("auto", torch.device("cuda")).precision == picked
+    assert generator.choose_precision("fp16", torch.device("cuda")).reason == "as asked"
+
+
+def test_emulated_fp16_on_a_cpu_is_refused_and_emulated_bf16_flagged(monkeypatch):
+    fake_cpu(monkeypatch)
+    with pytest.raises(ParameterError, match="precision='fp16'.*emulates fp16"):
+        generator.choose_precision("fp16", "cpu")
+    bf16 = generator.choose_precision("bf16", "cpu")
+    assert bf16.precision == "bf16" and bf16.emulated
+    assert bf16.describe().startswith("warning: precision bf16")
+    assert generator.choose_precision("fp32", "cpu") == ("fp32", "as asked", False)
+    fake_cpu(monkeypatch, "amx_fp16")
+    assert generator.choose_precision("fp16", "cpu") == ("fp16", "as asked", False)
+    with pytest.raises(ParameterError, match="choose one of auto, fp32, bf16, fp16"):
+        generator.choose_precision("fp8", "cpu")

@@ -271,6 +271,8 @@ def test_no_gan_l1_trains_the_generator_alone(data2, tmp_path):
     card = checkpoint.read_model_card(tmp_path / "netG_epoch_4_1.pth")
     assert card["config"]["residual"] is True and card["training"]["args"]["loss"] == "l1"
     assert card["validation"]["PSNR"] == pytest.approx(float(row["PSNR"]))
+    # --amp auto (the default) is recorded as what it chose on this machine.
+    assert card["training"]["precision"] == generator.choose_precision("auto", "cpu").precision
 
 
 def test_snapshot_model_card_records_config_and_training(trained):
@@ -287,6 +289,8 @@ def test_snapshot_model_card_records_config_and_training(trained):
 def test_bf16_channels_last_on_the_cpu(data2, tmp_path):
     assert run(data2, tmp_path, "--nEpochs", "1", "--amp", "bf16", "--channels_last") == 0
     (row,) = rows(tmp_path)
+    assert checkpoint.read_model_card(tmp_path / "netG_epoch_4_1.pth")["training"][
+        "precision"] == "bf16"
     assert all(math.isfinite(float(row[c])) for c in ("DLoss", "GLoss", "PerceptualLoss", "PSNR"))
     weights = torch.load(tmp_path / "netG_epoch_4_1.pth", weights_only=True)
     assert all(v.dtype == torch.float32 and v.is_contiguous() for v in weights.values())
