@@ -6,14 +6,18 @@ SSIM on Y (the standard VSR protocol) and on RGB (the original's), with bicubic 
 printed per clip and written to ``metrics.csv`` / ``metrics.json``.
 
 Video mode (``--video``): every frame of a video is upscaled with its neighbours and encoded
-to H.264 with the input's frame rate, timestamps and audio. With no arguments at all, the
-bundled demo clip is upscaled with the bundled weights (see ``--help``).
+to H.264 with the input's frame rate, timestamps and audio, in segments that a rerun of the
+same command resumes (``segments.py``). With no arguments at all, the bundled demo clip is
+upscaled with the bundled weights (see ``--help``).
+
+Both modes split their work among the processes of ``torchrun --nproc_per_node N``.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import importlib.util
 import io
 import math
@@ -22,12 +26,13 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import closing
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 import atomic
@@ -35,10 +40,13 @@ import cli
 import data
 import frames
 import generator
+import ranks as ranks_module
 import rbpn
+import segments
 import upscale
 import video
 from metrics import Scoreboard, to_uint8
+from ranks import Ranks
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_MODEL = "weights/iSeeBetter_4x_compact.pth"
@@ -78,13 +86,17 @@ def build_parser() -> argparse.ArgumentParser:
                "Examples:\n"
                "  python iSeeBetterTest.py --data_dir ../shared/data/Vid4 --file_list "
                "calendar.txt -m weights/netG_epoch_4_1.pth --compare\n"
-               "  python iSeeBetterTest.py --video in.mp4 -o out.mp4 --precision bf16")
+               "  python iSeeBetterTest.py --video in.mp4 -o out.mp4 --precision bf16\n"
+               "  python iSeeBetterTest.py --video films/ -o results/   # every video in films/\n"
+               "  torchrun --nproc_per_node 2 iSeeBetterTest.py --video in.mp4 -o out.mp4\n\n"
+               "A killed or interrupted video run resumes when the same command is run again.")
     flag = cli.add_bool_flag
 
     what = parser.add_argument_group("what to upscale")
-    what.add_argument("--video", metavar="PATH",
-                      help="video mode: upscale this file (any container FFmpeg reads); "
-                           "default with no arguments: the bundled demo clip")
+    what.add_argument("--video", metavar="PATH", nargs="+",
+                      help="video mode: upscale these files (any container FFmpeg reads) or "
+                           "the videos in these folders; default with no arguments: the "
+                           "bundled demo clip")
     what.add_argument("--data_dir", metavar="DIR",
                       help="dataset mode: the frame folder (e.g. Vid4; the original's default "
                            "was ./Vid4); its frames are never overwritten")
@@ -95,8 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
          help="dataset mode: numbered frames (Vid4 layout) rather than Vimeo-90K septuplets")
     what.add_argument("-o", "--output", metavar="PATH",
                       help="video mode: the output video (default: results/<input>_x<scale>.mp4; "
-                           "a folder gets that name inside); dataset mode: the folder for "
-                           "<clip>/<frame>.png and metrics (default: results)")
+                           "a folder, or a path ending in /, gets that name inside; with "
+                           "several inputs, a folder); "
+                           "dataset mode: the folder for <clip>/<frame>.png and metrics "
+                           "(default: results)")
 
     model = parser.add_argument_group("model")
     model.add_argument("-m", "--model", default=DEFAULT_MODEL,
@@ -141,6 +155,19 @@ def build_parser() -> argparse.ArgumentParser:
                      choices=["ultrafast", "superfast", "veryfast", "faster", "fast", "medium",
                               "slow", "slower", "veryslow"],
                      help="H.264 encoder speed/size trade-off (default: %(default)s)")
+    vid.add_argument("--segment_frames", type=int, default=0, metavar="N",
+                     help="frames per segment: each is upscaled and encoded to its own file in "
+                          "<output>.parts/, so a crash, kill or Ctrl-C loses at most one "
+                          "segment and rerunning the command resumes; 0 (the default): about "
+                          f"{segments.SEGMENT_SECONDS:g} s of work per segment, from the "
+                          "measured time of the first frames (a segment costs a seek and a "
+                          "keyframe, far below 1%%; a resumed run keeps the first run's size)")
+    flag(vid, "--restart", default=False,
+         help="start over: delete the work folder of an earlier run of this output instead of "
+              "resuming it (needed when settings that change the pixels differ), and redo an "
+              "output that is finished (skipped otherwise)")
+    flag(vid, "--keep_segments", default=False,
+         help="keep <output>.parts/ (segments and manifest) after joining them")
 
     compute = parser.add_argument_group("compute and memory")
     flag(compute, "-c", "--gpu_mode", default=True,
@@ -155,8 +182,12 @@ def build_parser() -> argparse.ArgumentParser:
     compute.add_argument("--flow_threads", type=int, default=None,
                          help="threads computing one frame's optical flows (default: one per "
                               "neighbour)")
-    compute.add_argument("--precision", default="fp32", choices=list(generator.PRECISIONS),
-                         help="fp32, or bf16/fp16 autocast (CPU and GPU; default: %(default)s)")
+    compute.add_argument("--precision", default=generator.AUTO,
+                         choices=[generator.AUTO, *generator.PRECISIONS],
+                         help="auto (the default) picks bf16 where the device computes it "
+                              "natively (CUDA with bf16, CPUs with AVX512-BF16 or AMX) and fp32 "
+                              "elsewhere; or fp32, bf16, fp16 autocast (fp16 on a CPU only "
+                              "with AMX-FP16). The run's first lines say which and why")
     flag(compute, "--channels_last", default=True,
          help="run the model in NHWC memory format (faster in fp32 on CPUs: 1.23x for "
               "the full model on a 2-core AVX-512 CPU)")
@@ -192,8 +223,9 @@ def parse_args(argv: Sequence[str]) -> cli.Options:
     argv = list(argv)
     if not argv:
         argv = demo_args()
-        print("no arguments: running the bundled demo, python iSeeBetterTest.py "
-              + " ".join(argv), file=sys.stderr)
+        if launched_first():
+            print("no arguments: running the bundled demo, python iSeeBetterTest.py "
+                  + " ".join(argv), file=sys.stderr)
     args = build_parser().parse_args(argv)
     if args.video and args.data_dir:
         raise cli.CLIError("--video and --data_dir: choose one (video mode or dataset mode)")
@@ -201,7 +233,8 @@ def parse_args(argv: Sequence[str]) -> cli.Options:
         raise cli.CLIError("nothing to upscale: pass --video PATH or --data_dir DIR (or no "
                            "arguments at all for the demo)")
     if args.data_dir:
-        for name in ("downscale_first", "max_frames", "start_time"):
+        for name in ("downscale_first", "max_frames", "start_time", "segment_frames",
+                     "restart", "keep_segments"):
             if getattr(args, name) not in (None, False, 0.0):
                 raise cli.CLIError(f"--{name} is for --video; dataset mode downscales the "
                                    "frames itself (unless -u) and uses every listed frame")
@@ -211,6 +244,10 @@ def parse_args(argv: Sequence[str]) -> cli.Options:
     for name, low in positive.items():
         if getattr(args, name) < low:
             raise cli.CLIError(f"--{name} {getattr(args, name)}: must be at least {low}")
+    if args.segment_frames < 0:
+        raise cli.CLIError(f"--segment_frames {args.segment_frames}: must be 0 (automatic) or "
+                           "more")
+    args.segment_frames = whole_batches(args.segment_frames, args.testBatchSize)
     if args.max_frames is not None and args.max_frames < 1:
         raise cli.CLIError(f"--max_frames {args.max_frames}: must be at least 1")
     if args.start_time < 0:
@@ -224,6 +261,35 @@ def parse_args(argv: Sequence[str]) -> cli.Options:
     if args.max_memory is not None and args.max_memory <= 0:
         raise cli.CLIError(f"--max_memory {args.max_memory:g}: must be positive (GiB)")
     return cli.Options(**vars(args))
+
+
+def whole_batches(segment_frames: int, batch: int) -> int:
+    """``--segment_frames`` rounded up to whole batches, with a note: a segment that started
+    inside a batch would batch its frames unlike one pass (a batch's composition can change
+    the last bits of its frames)."""
+    rounded = math.ceil(segment_frames / batch) * batch
+    if rounded != segment_frames and launched_first():
+        print(f"note: --segment_frames {segment_frames} rounded up to {rounded}, a multiple of "
+              f"--testBatchSize {batch}, so that frames are batched as in one pass",
+              file=sys.stderr)
+    return rounded
+
+
+def launched_first() -> bool:
+    """Whether this process is rank 0 of a torchrun job, or runs alone: the one that prints
+    notes, and errors every process meets (before the processes have met: from RANK)."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+def parse_on_each_rank(argv: Sequence[str]) -> cli.Options:
+    """``parse_args`` for ``cli.run_cli``: under torchrun every process parses the same
+    command line, so only rank 0 prints what is wrong with it; the others exit quietly."""
+    try:
+        return parse_args(argv)
+    except cli.CLIError:
+        if not launched_first():
+            raise SystemExit(2) from None
+        raise
 
 
 # ---------------------------------------------------------------------------------------------
@@ -265,14 +331,19 @@ def load_model(args: cli.Options, device: torch.device
 
 
 def make_upscaler(args: cli.Options, net: torch.nn.Module, config: rbpn.ModelConfig,
-                  device: torch.device) -> upscale.Upscaler:
-    return upscale.Upscaler(
+                  device: torch.device, sharing: int = 1) -> upscale.Upscaler:
+    """The upscaler of the options; ``sharing`` processes (torchrun's on one machine or GPU)
+    split the default memory budget."""
+    upscaler = upscale.Upscaler(
         net, scale=config.scale_factor, device=device, residual=config.residual,
         precision=args.precision, tile=args.tile, tile_overlap=args.tile_overlap,
         chop_forward=args.chop_forward, auto_tile=args.auto_tile,
         max_memory=None if args.max_memory is None else args.max_memory * 2**30,
         channels_last=args.channels_last, self_ensemble=args.self_ensemble,
         retain_freed_memory=True)
+    if args.max_memory is None and sharing > 1:
+        upscaler.memory.max_memory = upscaler.memory.budget() / sharing
+    return upscaler
 
 
 def describe(config: rbpn.ModelConfig, args: cli.Options, device: torch.device) -> str:
@@ -289,8 +360,12 @@ def run_info(args: cli.Options, config: rbpn.ModelConfig) -> dict:
             "precision": args.precision, "self_ensemble": args.self_ensemble}
 
 
-def progress(total: int | None, what: str) -> tqdm:
-    return tqdm(total=total, unit="frame", desc=what, dynamic_ncols=True, mininterval=1.0)
+def progress(total: int | None, what: str, ranks: Ranks | None = None) -> tqdm:
+    """A progress bar with rate and ETA (rank 0's share only, under torchrun)."""
+    if ranks is not None and ranks.world > 1:
+        what = f"{what} (rank 0 of {ranks.world})"
+    return tqdm(total=total, unit="frame", desc=what, dynamic_ncols=True, mininterval=1.0,
+                disable=ranks is not None and not ranks.first)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -303,11 +378,16 @@ def save_png(image: np.ndarray, path: Path) -> None:
     atomic.write_atomically(path, lambda tmp: tmp.write_bytes(buffer.getvalue()))
 
 
-def compare_panel(panels: list[tuple[str, np.ndarray]], size: int) -> np.ndarray:
-    """Centre crops of equally sized images side by side, each under its label."""
+def compare_panel(panels: list[tuple[str, np.ndarray]], size: int,
+                  box: tuple[int, int, int, int] | None = None) -> np.ndarray:
+    """Crops of equally sized images side by side, each under its label: the centre
+    ``size`` x ``size`` pixels, or ``box`` = (left, top, width, height)."""
     height, width = panels[0][1].shape[:2]
-    h, w = min(size, height), min(size, width)
-    top, left = (height - h) // 2, (width - w) // 2
+    if box is None:
+        h, w = min(size, height), min(size, width)
+        top, left = (height - h) // 2, (width - w) // 2
+    else:
+        left, top, w, h = box
     gap, label = 4, 14
     canvas = Image.new("RGB", (len(panels) * w + (len(panels) - 1) * gap, h + label), "white")
     draw = ImageDraw.Draw(canvas)
@@ -332,90 +412,300 @@ def check_output_folder(output: Path, data_dir: str) -> None:
         raise cli.CLIError(f"cannot write to --output {output}: {err.strerror or err}") from None
 
 
-def run_dataset(args: cli.Options, device: torch.device) -> None:
+def run_dataset(args: cli.Options, ranks: Ranks) -> None:
+    """Upscale (and score) the listed frames; under torchrun each process takes a block of
+    whole batches and rank 0 gathers the scores, which are those of one process."""
     output = Path(args.output or "results")
-    check_output_folder(output, args.data_dir)
-    net, config = load_model(args, device)
-    scale = config.scale_factor
-    test_set = data.get_test_set(args.data_dir, config.nFrames, scale, file_list=args.file_list,
-                                 other_dataset=args.other_dataset,
-                                 future_frame=config.future_frame,
-                                 upscale_only=args.upscale_only)
-    upscaler = make_upscaler(args, net, config, device)
+    ranks.from_first(lambda: check_output_folder(output, args.data_dir))
+    device = ranks.device
+    net, config = ranks.first_then_others(lambda: load_model(args, device))
+    test_set = ranks.first_then_others(lambda: data.get_test_set(
+        args.data_dir, config.nFrames, config.scale_factor, file_list=args.file_list,
+        other_dataset=args.other_dataset, future_frame=config.future_frame,
+        upscale_only=args.upscale_only))
+    upscaler = make_upscaler(args, net, config, device, ranks.sharing)
     names = [test_set.sample_name(i) for i in range(len(test_set))]
     clips = [os.path.dirname(n) or Path(args.data_dir).resolve().name for n in names]
-    compare_at = {}
-    if args.compare:
-        members: dict[str, list[int]] = {}
-        for i, clip in enumerate(clips):
-            members.setdefault(clip, []).append(i)
-        compare_at = {m[len(m) // 2]: clip for clip, m in members.items()}
-    print(f"{len(names)} frames from {test_set.list_path}; {describe(config, args, device)}",
-          file=sys.stderr)
-    loader = DataLoader(test_set, batch_size=args.testBatchSize, shuffle=False,
-                        num_workers=cli.loader_workers(args.threads))
-    board = Scoreboard(crop=scale)
+    sink = DatasetFrames(args, output, names, clips, compare_frames(clips) if args.compare
+                         else {}, Scoreboard(crop=config.scale_factor, temporal=True))
+    mine, primed = dataset_share(len(names), args.testBatchSize, not args.upscale_only, ranks)
+    if ranks.first:
+        print(f"{len(names)} frames from {test_set.list_path}; "
+              f"{describe(config, args, device)}"
+              + (f"; {ranks.world} processes" if ranks.world > 1 else ""), file=sys.stderr)
+    loader = DataLoader(Subset(test_set, mine), batch_size=args.testBatchSize, shuffle=False,
+                        num_workers=loader_workers(args.threads, ranks))
     start = time.perf_counter()
-    index = 0
+    index = mine[0] if mine else 0
+    finished = False
     try:
-        with progress(len(names), "upscaling") as bar:
+        with progress(len(mine) - primed, "upscaling", ranks) as bar:
             for batch in loader:
                 tick = time.perf_counter()
                 sr = upscaler(batch.input, batch.neighbor, batch.flow, batch.bicubic)
                 seconds = (time.perf_counter() - tick) / len(sr)
-                for i in range(len(sr)):
-                    name, clip = names[index], clips[index]
-                    image = to_uint8(sr[i])
-                    save_png(image, (output / name).with_suffix(".png"))
-                    if not args.upscale_only or index in compare_at:  # else not needed
-                        bicubic = to_uint8(batch.bicubic[i])
-                    if not args.upscale_only:
-                        row = board.add(clip, Path(name).stem, image, to_uint8(batch.target[i]),
-                                        bicubic, seconds)
-                        bar.set_postfix_str(f"{clip} PSNR-Y {row['psnr_y']:.2f}")
-                        if args.debug:
-                            tqdm.write(f"{name}: {seconds:.2f} s, PSNR-Y {row['psnr_y']:.2f}, "
-                                       f"SSIM-Y {row['ssim_y']:.4f}")
-                    if index in compare_at:
-                        panels = [("bicubic", bicubic), ("iSeeBetter", image)]
-                        if not args.upscale_only:
-                            panels.append(("ground truth", to_uint8(batch.target[i])))
-                        save_png(compare_panel(panels, args.compare_size),
-                                 output / f"{clip.replace('/', '_')}_compare.png")
-                    index += 1
-                bar.update(len(sr))
-    finally:  # scores of the frames done so far survive an interruption
-        if board.rows:
-            print(board.table())
-            board.write(output / "metrics.csv", output / "metrics.json",
-                        {**run_info(args, config), "data_dir": args.data_dir,
-                         "file_list": args.file_list})
-    took = time.perf_counter() - start
-    where = f"{output}/" + (", metrics in metrics.csv and metrics.json" if board.rows else "")
-    print(f"wrote {index} frames to {where} in {took:.1f} s")
+                # The leading batch of a primed block is another process's to save and score.
+                kept = [sink.take(index + i, sr[i], batch, i, seconds,
+                                  priming=index + i < mine[primed]) for i in range(len(sr))]
+                index += len(sr)
+                notes = [note for note in kept if note is not None]
+                if notes and notes[-1]:
+                    bar.set_postfix_str(notes[-1])
+                bar.update(len(notes))
+        finished = True
+    finally:  # scores of the frames done so far survive an interruption (of one process)
+        rows = (gather_rows(ranks, sink.board.rows[primed:]) if finished
+                else sink.board.rows if ranks.world == 1 else [])
+        if rows and ranks.first:
+            report_dataset(args, config, output, rows)
+    if ranks.first:
+        took = time.perf_counter() - start
+        where = f"{output}/" + (", metrics in metrics.csv and metrics.json" if rows else "")
+        print(f"wrote {len(names) if ranks.world > 1 else index} frames to {where} in "
+              f"{took:.1f} s")
+
+
+@dataclasses.dataclass
+class DatasetFrames:
+    """Where dataset mode's upscaled frames go: PNGs, scores and --compare crops.
+
+    Args:
+        args: the options.
+        output: the output folder.
+        names: every listed frame's name (``<clip>/<frame>``), by index.
+        clips: every listed frame's clip, by index.
+        compare_at: the frame of each clip that gets a --compare crop (index -> clip).
+        board: the scores of this process's frames.
+    """
+
+    args: cli.Options
+    output: Path
+    names: list[str]
+    clips: list[str]
+    compare_at: dict[int, str]
+    board: Scoreboard
+
+    def take(self, index: int, sr: torch.Tensor, batch: frames.Sample, i: int, seconds: float,
+             priming: bool) -> str | None:
+        """Frame ``index`` (``sr``, row ``i`` of ``batch``): saved, scored and cropped, or only
+        scored when ``priming`` (its scores are dropped later). Returns a note for the progress
+        bar ("" without scores), None when priming."""
+        name, clip, args = self.names[index], self.clips[index], self.args
+        image = to_uint8(sr)
+        if not priming:
+            save_png(image, (self.output / name).with_suffix(".png"))
+        note = ""
+        scored = not args.upscale_only
+        bicubic = to_uint8(batch.bicubic[i]) if scored or index in self.compare_at else None
+        if scored:
+            row = self.board.add(clip, Path(name).stem, image, to_uint8(batch.target[i]),
+                                 bicubic, seconds)
+            note = f"{clip} PSNR-Y {row['psnr_y']:.2f}"
+            if args.debug:
+                tqdm.write(f"{name}: {seconds:.2f} s, PSNR-Y {row['psnr_y']:.2f}, "
+                           f"SSIM-Y {row['ssim_y']:.4f}")
+        if index in self.compare_at and not priming:
+            panels = [("bicubic", bicubic), ("iSeeBetter", image)]
+            if scored:
+                panels.append(("ground truth", to_uint8(batch.target[i])))
+            save_png(compare_panel(panels, args.compare_size),
+                     self.output / f"{clip.replace('/', '_')}_compare.png")
+        return None if priming else note
+
+
+def compare_frames(clips: Sequence[str]) -> dict[int, str]:
+    """The middle frame of each clip (index -> clip), for its --compare crop."""
+    members: dict[str, list[int]] = {}
+    for i, clip in enumerate(clips):
+        members.setdefault(clip, []).append(i)
+    return {m[len(m) // 2]: clip for clip, m in members.items()}
+
+
+def report_dataset(args: cli.Options, config: rbpn.ModelConfig, output: Path,
+                   rows: list[dict]) -> None:
+    """Rank 0: the score table, and metrics.csv and metrics.json."""
+    board = Scoreboard(crop=config.scale_factor, temporal=True)
+    board.rows = rows
+    print(board.table())
+    board.write(output / "metrics.csv", output / "metrics.json",
+                {**run_info(args, config), "data_dir": args.data_dir,
+                 "file_list": args.file_list})
+
+
+def loader_workers(requested: int, ranks: Ranks) -> int:
+    """DataLoader workers of each process: as asked, but no more than an equal share of the
+    machine's cores among the processes on it (more would only compete for them), with a
+    note naming --threads."""
+    share = max(1, cli.available_cores() // ranks.here)
+    if requested <= share:
+        return requested
+    if ranks.first:
+        print(f"note: --threads {requested}: this machine has {cli.available_cores()} CPU "
+              f"cores" + (f" for {ranks.here} processes" if ranks.here > 1 else "")
+              + f"; using {share} data loader workers"
+              + (" each" if ranks.here > 1 else ""), file=sys.stderr)
+    return share
+
+
+def dataset_share(count: int, batch: int, scored: bool, ranks: Ranks) -> tuple[list[int], int]:
+    """The frames this process upscales: a block of whole batches (so that frames are batched
+    as in one process), preceded, when scoring, by the batch before it, which is not saved
+    and whose scores are dropped: the block's first frame gets its temporal metrics against
+    its true predecessor. Returns the frame indices and how many of them lead the block."""
+    batches = ranks.block(math.ceil(count / batch))
+    block = list(range(batches.start * batch, min(count, batches.stop * batch)))
+    primed = batch if scored and batches.start > 0 and block else 0
+    return list(range(block[0] - primed, block[0])) + block if primed else block, primed
+
+
+def gather_rows(ranks: Ranks, rows: list[dict]) -> list[dict]:
+    """Every process's score rows in frame order, on rank 0 (empty on the others)."""
+    parts = ranks.gather(rows)
+    return [row for part in parts for row in part] if parts is not None else []
 
 
 # ---------------------------------------------------------------------------------------------
 # Video mode
 
 
-def video_output_path(args: cli.Options, scale: int) -> Path:
-    default_name = f"{Path(args.video).stem}_x{scale}.mp4"
-    if args.output is None:
-        return Path("results") / default_name
-    output = Path(args.output)
-    if output.is_dir() or args.output.endswith(("/", os.sep)):
-        return output / default_name
-    return output
+VIDEO_SUFFIXES = {".mp4", ".m4v", ".mkv", ".mov", ".avi", ".webm", ".ts", ".mts", ".m2ts",
+                  ".flv", ".mpg", ".mpeg", ".wmv", ".3gp", ".ogv"}
 
 
-def run_video(args: cli.Options, device: torch.device) -> None:
-    reader = video.VideoReader(args.video, args.start_time, args.max_frames)
+def video_inputs(paths: Sequence[str], outputs: Path | None = None, scale: int = 0
+                 ) -> list[Path]:
+    """The videos of ``--video``: files as given, folders as the video files in them (by
+    suffix, in name order). In a folder that is also the output folder ``outputs``, the
+    files named like this command's outputs (``*_x<scale>.mp4``) are left out, with a note:
+    a rerun must not upscale what the first run wrote."""
+    inputs = []
+    for path in map(Path, paths):
+        if not path.is_dir():
+            inputs.append(path)
+            continue
+        found = sorted(p for p in path.iterdir()
+                       if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES)
+        if outputs is not None and outputs.is_dir() and path.samefile(outputs):
+            ours = [p for p in found if p.name.endswith(f"_x{scale}.mp4")]
+            found = [p for p in found if p not in ours]
+            if ours:
+                print(f"note: --video {path} is also the output folder: leaving out the "
+                      f"{len(ours)} files named like outputs (*_x{scale}.mp4)", file=sys.stderr)
+        if not found:
+            raise cli.CLIError(f"--video {path}: no video files in this folder "
+                               f"({', '.join(sorted(VIDEO_SUFFIXES))})")
+        inputs.extend(found)
+    return inputs
+
+
+def video_outputs(args: cli.Options, inputs: Sequence[Path], scale: int) -> list[Path]:
+    """Where each input goes: ``-o`` itself for one input file (a folder, or a path ending in
+    /, gets the default name inside), else ``<-o folder, default results>/<input>_x<scale>.mp4``.
+    """
+    names = [f"{p.stem}_x{scale}.mp4" for p in inputs]
+    folder = Path(args.output or "results")
+    if len(args.video) == 1 and len(inputs) == 1 and not Path(args.video[0]).is_dir():
+        if args.output is None or folder.is_dir() or args.output.endswith(("/", os.sep)):
+            return [folder / names[0]]
+        if not folder.suffix:  # a file or a folder? the container would be a guess
+            raise cli.CLIError(f"-o/--output {args.output}: no file type; name the video "
+                               f"({args.output}.mp4), or end a folder with / ({args.output}/)")
+        return [folder]
+    if folder.suffix.lower() in video.WRITABLE_SUFFIXES and not folder.is_dir():
+        raise cli.CLIError(f"-o/--output {args.output}: with several videos the output is a "
+                           "folder (each video gets <name>_x<scale>.mp4 in it)")
+    twice = next((n for n in names if names.count(n) > 1), None)
+    if twice:
+        raise cli.CLIError(f"--video: two inputs would both be written to {folder / twice}; "
+                           "upscale them in separate commands")
+    return [folder / name for name in names]
+
+
+@dataclasses.dataclass(frozen=True)
+class VideoJob:
+    """One input video of the command and what to do with it.
+
+    Args:
+        source: the input.
+        output: the output video.
+        done: the output exists and no work folder is beside it: an earlier run finished it
+            (it was written atomically, so it is whole); skipped unless --restart.
+    """
+
+    source: Path
+    output: Path
+    done: bool
+
+
+def plan_videos(args: cli.Options, scale: int) -> list[VideoJob]:
+    """Rank 0, before any work: every input opened, every output resolved and checked
+    (writable, a container that takes H.264 and the audio, not an input), so that a mistake
+    in the command shows at once rather than after hours of work on the first videos."""
+    inputs = video_inputs(args.video, Path(args.output or "results"), scale)
+    outputs = video_outputs(args, inputs, scale)
+    for output in outputs:
+        clash = next((i for i in inputs if same_file(i, output)), None)
+        if clash is not None:
+            raise cli.CLIError(f"-o/--output {output} is the input {clash} itself; choose "
+                               "another output")
+    infos = [probe_video(args, source, scale) for source in inputs]
+    jobs = []
+    for info, output in zip(infos, outputs, strict=True):
+        video.check_output_format(output, info.audio_codec if args.audio else None)
+        video.check_writable(output)
+        done = (output.exists() and not segments.work_folder(output).exists()
+                and not args.restart)
+        jobs.append(VideoJob(info.path, output, done))
+    return jobs
+
+
+def probe_video(args: cli.Options, source: Path, scale: int) -> video.VideoInfo:
+    """What an input holds (VideoError naming it when it cannot be read, or is too small to
+    --downscale_first)."""
+    with video.VideoReader(source, args.start_time, args.max_frames) as reader:
+        info = reader.info
+    lr_size(args, info, scale)
+    return info
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name one file (also through links), existing or not."""
     try:
-        net, config = load_model(args, device)
-        _upscale_video(args, reader, net, config, device)
-    finally:
-        reader.close()
+        return a.samefile(b)
+    except OSError:
+        return a.resolve() == b.resolve()
+
+
+def pixel_settings(args: cli.Options, config: rbpn.ModelConfig, weights_sha256: str) -> dict:
+    """What determines the pixels of the upscaled frames: the work folder's manifest records
+    it, and a resumed run must have the same (``segments.Manifest.check``)."""
+    return {segments.WEIGHTS: weights_sha256, "--upscale_factor": config.scale_factor,
+            "--nFrames": config.nFrames, "--future_frame": config.future_frame,
+            "--residual": config.residual, "--precision": args.precision,
+            "--self_ensemble": args.self_ensemble, "--tile": args.tile,
+            "--tile_overlap": args.tile_overlap, "--chop_forward": args.chop_forward,
+            "--auto_tile": args.auto_tile, "--channels_last": args.channels_last,
+            "--testBatchSize": args.testBatchSize, "--downscale_first": args.downscale_first,
+            "--start_time": args.start_time, "--max_frames": args.max_frames,
+            "--crf": args.crf, "--preset": args.preset}
+
+
+def run_video(args: cli.Options, ranks: Ranks) -> None:
+    net, config = ranks.first_then_others(lambda: load_model(args, ranks.device))
+    jobs = ranks.from_first(lambda: plan_videos(args, config.scale_factor))
+    if ranks.first:
+        for job in jobs:
+            if job.done:
+                print(f"{job.output} exists, skipping (--restart to redo)")
+    jobs = [job for job in jobs if not job.done]
+    if not jobs:
+        return
+    upscaler = make_upscaler(args, net, config, ranks.device, ranks.sharing)
+    model = resolve_model_path(args.model)
+    settings = pixel_settings(args, config, ranks.from_first(lambda: segments.sha256(model)))
+    for job in jobs:
+        with closing(video.VideoReader(job.source, args.start_time, args.max_frames)) as reader:
+            upscale_video(args, reader, job.output, upscaler, config, settings, ranks)
 
 
 def prefetch(samples: Iterator, device: torch.device, batch: int) -> Iterator:
@@ -427,79 +717,128 @@ def prefetch(samples: Iterator, device: torch.device, batch: int) -> Iterator:
     return iter(samples)
 
 
-def _upscale_video(args: cli.Options, reader: video.VideoReader, net: torch.nn.Module,
-                   config: rbpn.ModelConfig, device: torch.device) -> None:
-    scale, n_frames = config.scale_factor, config.nFrames
-    info = reader.info
-    frames.check_nframes(n_frames, config.future_frame)
-    offsets = frames.neighbour_offsets(n_frames, config.future_frame)
-    if args.downscale_first:
-        lr_w, lr_h = info.width // scale, info.height // scale
-        if min(lr_w, lr_h) < 2:
-            raise cli.CLIError(f"--downscale_first: {info.path} ({info.width}x{info.height}) is "
-                               f"too small to downscale by {scale}")
-    else:
-        lr_w, lr_h = info.width, info.height
-    output = video_output_path(args, scale)
-    upscaler = make_upscaler(args, net, config, device)
-    audio = info.path if (args.audio and info.audio_codec) else None
-    writer = video.VideoWriter(output, lr_w * scale, lr_h * scale, info.fps, info.time_base,
-                               audio_source=audio, trim_start=args.start_time > 0,
-                               crf=args.crf, preset=args.preset)
-    print(f"{info.path.name}: {info.width}x{info.height}, {float(info.fps):g} fps"
-          + (f" -> downscaled {lr_w}x{lr_h}" if args.downscale_first else "")
-          + f" -> {lr_w * scale}x{lr_h * scale}; {describe(config, args, device)}",
-          file=sys.stderr)
-    board = Scoreboard(crop=scale)
+def lr_size(args: cli.Options, info: video.VideoInfo, scale: int) -> tuple[int, int]:
+    """The model's input size for frames of ``info``: theirs, or 1/scale with
+    ``--downscale_first``."""
+    if not args.downscale_first:
+        return info.width, info.height
+    lr_w, lr_h = info.width // scale, info.height // scale
+    if min(lr_w, lr_h) < 2:
+        raise cli.CLIError(f"--downscale_first: {info.path} ({info.width}x{info.height}) is "
+                           f"too small to downscale by {scale}")
+    return lr_w, lr_h
+
+
+def upscale_video(args: cli.Options, reader: video.VideoReader, output: Path,
+                  upscaler: upscale.Upscaler, config: rbpn.ModelConfig, settings: dict,
+                  ranks: Ranks) -> None:
+    """Upscale one video in segments (shared among the processes) and, on rank 0, join them
+    into ``output`` and report."""
+    scale, info = config.scale_factor, reader.info
+    frames.check_nframes(config.nFrames, config.future_frame)
+    offsets = frames.neighbour_offsets(config.nFrames, config.future_frame)
+    lr_w, lr_h = lr_size(args, info, scale)
+    if ranks.first:
+        print(f"{info.path.name}: {info.width}x{info.height}, {float(info.fps):g} fps"
+              + (f" -> downscaled {lr_w}x{lr_h}" if args.downscale_first else "")
+              + f" -> {lr_w * scale}x{lr_h * scale}; {describe(config, args, ranks.device)}"
+              + (f"; {ranks.world} processes" if ranks.world > 1 else ""), file=sys.stderr)
+    def fits() -> int:  # the tile side this process's memory budget needs (0: none)
+        return upscaler.plan_tile(args.testBatchSize, lr_h, lr_w, len(offsets))
+
+    job = segments.SegmentedRun(
+        info, output, settings, ranks, reader.timestamps, fits,
+        segment_frames=args.segment_frames, batch=args.testBatchSize, restart=args.restart,
+        keep=args.keep_segments, audio=args.audio, trim_start=args.start_time > 0,
+        model=args.model)
+    tile = functools.cache(lambda planned: segment_tile(planned, fits()))
+    start = time.perf_counter()
+    outcome = job.run(lambda work: upscale_segment(work, args, reader, upscaler, config,
+                                                   output.stem, tile(work.tile)))
+    if outcome is not None:
+        report_video(args, config, outcome, (lr_w * scale, lr_h * scale), info,
+                     time.perf_counter() - start)
+
+
+def upscale_segment(work: segments.Work, args: cli.Options, reader: video.VideoReader,
+                    upscaler: upscale.Upscaler, config: rbpn.ModelConfig, clip: str,
+                    tile: int) -> list[dict]:
+    """Upscale one segment's frames into its file, cut in tiles of ``tile`` LR pixels (0:
+    whole frames); returns their score rows (``--downscale_first``). The frames are read with
+    the neighbours they have in one pass over the video; with scores, the batch before the
+    segment is upscaled too (not written), so that the first frame's temporal metrics compare
+    it with its true predecessor."""
+    scale, segment = config.scale_factor, work.segment
+    offsets = frames.neighbour_offsets(config.nFrames, config.future_frame)
+    primed = min(args.testBatchSize, segment.first) if args.downscale_first else 0
+    first = segment.first - primed
+    lo = max(0, first + min(0, *offsets))
+    hi = min(len(work.timestamps), segment.end + max(0, *offsets))
     lr_frames = (frames.make_lr_frame(f.image, scale, args.downscale_first, f.pts, f.index)
-                 for f in reader)
+                 for f in reader.span(work.timestamps, lo, hi))
+    windows = islice(frames.frame_windows(lr_frames, offsets), first - lo, segment.end - lo)
     need_bicubic = config.residual or args.downscale_first
     samples = ((target, frames.make_sample(target, neighbours, scale, args.flow_threads,
                                            bicubic=need_bicubic))
-               for target, neighbours in frames.frame_windows(lr_frames, offsets))
-    start = time.perf_counter()
-    try:
-        with (progress(reader.expected_frames() or None, "upscaling") as bar,
-              closing(prefetch(samples, device, args.testBatchSize)) as prepared):
-            for group in frames.batched(prepared, args.testBatchSize):
-                tick = time.perf_counter()
-                batch = frames.collate([s for _, s in group])
-                sr = upscaler(batch.input, batch.neighbor, batch.flow, batch.bicubic)
-                seconds = (time.perf_counter() - tick) / len(group)
-                for i, (target, _) in enumerate(group):
-                    image = to_uint8(sr[i])
-                    writer.write(image, target.pts)
-                    if target.hr is not None:
-                        row = board.add(output.stem, str(target.index), image,
-                                        np.asarray(target.hr), to_uint8(batch.bicubic[i]),
-                                        seconds)
-                        bar.set_postfix_str(f"PSNR-Y {row['psnr_y']:.2f} (bicubic "
-                                            f"{row['bicubic_psnr_y']:.2f})")
-                bar.update(len(group))
-    except KeyboardInterrupt:
-        if writer.frames:
-            writer.close()
-            print(f"interrupted: the first {writer.frames} frames are in {output}",
-                  file=sys.stderr)
-        else:
-            writer.abort()
-        raise
-    except BaseException:
-        writer.abort()
-        raise
-    writer.close()
-    took = time.perf_counter() - start
-    if board.rows:
+               for target, neighbours in windows)
+    board = Scoreboard(crop=scale, temporal=True)
+    lr_w, lr_h = lr_size(args, reader.info, scale)
+    writer = video.VideoWriter(work.file, lr_w * scale, lr_h * scale, reader.info.fps,
+                               reader.info.time_base, crf=args.crf, preset=args.preset)
+    with (writer, closing(prefetch(samples, upscaler.device, args.testBatchSize)) as prepared):
+        for group in frames.batched(prepared, args.testBatchSize):
+            tick = time.perf_counter()
+            batch = frames.collate([s for _, s in group])
+            sr = upscaler(batch.input, batch.neighbor, batch.flow, batch.bicubic, tile=tile)
+            seconds = (time.perf_counter() - tick) / len(group)
+            note, written = "", 0
+            for i, (target, _) in enumerate(group):
+                image = to_uint8(sr[i])
+                if target.index >= segment.first:
+                    writer.write(image, work.ticks[target.index - segment.first])
+                    written += 1
+                if target.hr is not None:
+                    row = board.add(clip, str(target.index), image, np.asarray(target.hr),
+                                    to_uint8(batch.bicubic[i]), seconds)
+                    note = (f"PSNR-Y {row['psnr_y']:.2f} (bicubic "
+                            f"{row['bicubic_psnr_y']:.2f})")
+            if written:
+                work.progress(written, note)
+    return board.rows[primed:]
+
+
+def segment_tile(planned: int, fits: int) -> int:
+    """The tile side of a segment: the one planned for all segments (so that they are cut
+    alike), unless this process's memory budget needs smaller tiles (a resumed run on a
+    smaller machine); then those, with a note, as a crash would be the alternative."""
+    if fits and (planned == 0 or fits < planned):
+        tqdm.write(f"note: the frames no longer fit in memory as planned (tile "
+                   f"{planned or 'none'}); using tile {fits}, which can change the output by "
+                   "a rounding step here and there", file=sys.stderr)
+        return fits
+    return planned
+
+
+def report_video(args: cli.Options, config: rbpn.ModelConfig, outcome: segments.Outcome,
+                 size: tuple[int, int], info: video.VideoInfo, took: float) -> None:
+    """The scores (``--downscale_first``) and the last line, on rank 0."""
+    joined = outcome.joined
+    if outcome.scores:
+        board = Scoreboard(crop=config.scale_factor, temporal=True)
+        board.rows = outcome.scores
         print(board.table())
-        stem = output.with_suffix("")
+        stem = joined.path.with_suffix("")
         board.write(Path(f"{stem}_metrics.csv"), Path(f"{stem}_metrics.json"),
                     {**run_info(args, config), "video": str(info.path),
-                     "start_time": args.start_time, "frames_upscaled": writer.frames})
-    sound = ("no audio" if writer.audio_codec is None else
-             f"audio {writer.audio_codec} {'copied' if writer.audio_copied else 're-encoded'}")
-    fps = writer.frames / took if took > 0 else math.inf
-    print(f"wrote {output} ({writer.frames} frames, {lr_w * scale}x{lr_h * scale}, "
-          f"{float(info.fps):g} fps, {sound}) in {took:.1f} s ({fps:.2f} frames/s)")
+                     "start_time": args.start_time, "frames_upscaled": joined.frames})
+    sound = ("no audio" if joined.audio_codec is None else
+             f"audio {joined.audio_codec} {'copied' if joined.audio_copied else 're-encoded'}")
+    done_now = joined.frames - outcome.resumed_frames
+    fps = done_now / took if took > 0 else math.inf
+    resumed = (f"; {outcome.resumed} of {outcome.segments} segments were done before"
+               if outcome.resumed else "")
+    print(f"wrote {joined.path} ({joined.frames} frames, {size[0]}x{size[1]}, "
+          f"{float(info.fps):g} fps, {sound}) in {took:.1f} s ({fps:.2f} frames/s{resumed})")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -510,13 +849,39 @@ def main(argv: Sequence[str] | None = None) -> int:
 def run(args: cli.Options) -> int:
     """Run with parsed options."""
     cli.seed_everything(args.seed)
-    device = cli.select_device(args.gpu_mode, args.gpus)
-    if args.data_dir:
-        run_dataset(args, device)
-    else:
-        run_video(args, device)
+    ranks = Ranks.start(args.gpu_mode, args.gpus)  # one process, or one of torchrun's
+    try:
+        share_cores(ranks)
+        choice = generator.choose_precision(args.precision, ranks.device)
+        if ranks.first:
+            print(choice.describe(), file=sys.stderr)
+        args = cli.Options(**{**args.to_dict(), "precision": choice.precision})
+        if args.data_dir:
+            run_dataset(args, ranks)
+        else:
+            run_video(args, ranks)
+    except ranks_module.Reported:  # rank 0 printed it; torchrun reports the failed processes
+        raise SystemExit(2) from None
+    finally:
+        ranks.close()
     return 0
 
 
+def share_cores(ranks: Ranks) -> None:
+    """Under torchrun on the CPU, give each process of this machine an equal share of its
+    cores (torchrun's default is one thread each), unless OMP_NUM_THREADS says otherwise."""
+    if ranks.device.type != "cpu":
+        return
+    threads = ranks_module.cpu_threads(cli.available_cores(), ranks.here, os.environ,
+                                       ranks_module.launcher_environ())
+    if threads is None:
+        return
+    torch.set_num_threads(threads)
+    if ranks.first:
+        print(f"note: {ranks.here} processes share this machine's {cli.available_cores()} CPU "
+              f"cores: {threads} thread{'s' if threads > 1 else ''} each (set OMP_NUM_THREADS "
+              "to choose)", file=sys.stderr)
+
+
 if __name__ == "__main__":
-    cli.run_cli(run, parse=parse_args, flags=FLAG_NAMES)
+    cli.run_cli(run, parse=parse_on_each_rank, flags=FLAG_NAMES)

@@ -220,17 +220,20 @@ class Upscaler:
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor, neighbours: Sequence[torch.Tensor],
-                 flows: Sequence[torch.Tensor], bicubic: torch.Tensor | None = None
-                 ) -> torch.Tensor:
+                 flows: Sequence[torch.Tensor], bicubic: torch.Tensor | None = None,
+                 tile: int | None = None) -> torch.Tensor:
         """Super-resolve a batch: x (B, 3, h, w), neighbours and flows lists of (B, 3, h, w) and
         (B, 2, h, w), bicubic (B, 3, h*s, w*s) for the residual. Returns float32 (B, 3, h*s,
-        w*s) on the CPU, not clamped."""
+        w*s) on the CPU, not clamped. ``tile`` imposes a tile side (0: whole frames) chosen
+        earlier by ``plan_tile``, so that frames processed elsewhere or later (another process,
+        a resumed run with another memory budget) are cut alike."""
         if self.residual and bicubic is None:
             raise ValueError("residual mode needs the bicubic upsampling")
         sample = Sample(input=x, target=None, neighbor=list(neighbours), flow=list(flows),
                         bicubic=bicubic if self.residual else None)
         batch, _, height, width = x.shape
-        tile = self.plan_tile(batch, height, width, len(neighbours))
+        if tile is None:
+            tile = self.plan_tile(batch, height, width, len(neighbours))
         while True:
             try:
                 out = self._ensemble(sample, tile)

@@ -174,3 +174,15 @@ def test_in_background_keeps_order_and_raises_worker_errors():
     assert got == [1]
 
 
+def test_a_tile_chosen_earlier_is_imposed():
+    """Frames processed elsewhere or later (another process, a resumed run with another
+    memory budget) are cut as the plan said, whatever this upscaler's budget would pick."""
+    model = tiny_model()
+    x, neighbours, flows = random_batch(1, 22, 35, 2)
+    tiled = upscale.Upscaler(model, scale=4, tile=16, tile_overlap=8)(x, neighbours, flows)
+    whole = upscale.Upscaler(model, scale=4, auto_tile=False)(x, neighbours, flows)
+    starved = upscale.Upscaler(model, scale=4, max_memory=1.0)  # would tile at the minimum
+    assert torch.equal(starved(x, neighbours, flows, tile=16), tiled)
+    assert starved.last_tile == 16
+    assert torch.equal(starved(x, neighbours, flows, tile=0), whole)
+    assert starved.last_tile == 0

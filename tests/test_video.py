@@ -9,6 +9,7 @@ import av
 import numpy as np
 import pytest
 
+import video
 from video import VideoError, VideoReader, VideoWriter, check_writable
 
 
@@ -178,6 +179,7 @@ def test_unwritable_outputs_are_named_and_leave_nothing(tmp_path):
         check_writable(blocker / "out.mp4")
     with pytest.raises(VideoError, match="H.264 into .webm"):
         VideoWriter(tmp_path / "out.webm", 48, 32, Fraction(10), Fraction(1, 10))
+    assert not list(tmp_path.glob(".*"))
     with pytest.raises(VideoError, match="unknown video file type"):
         VideoWriter(tmp_path / "out.xyz", 48, 32, Fraction(10), Fraction(1, 10))
     with pytest.raises(VideoError, match="even frame size"):
@@ -186,3 +188,137 @@ def test_unwritable_outputs_are_named_and_leave_nothing(tmp_path):
     writer.write(frame_image(0, 48, 32), 0)
     writer.abort()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt"]
+
+
+def test_timestamps_and_spans_are_the_frames_of_one_pass(tmp_path):
+    clip = write_clip(tmp_path / "long.mp4", frames=23)  # H.264 with B-frames: reordered
+    with VideoReader(clip) as reader:
+        frames = list(reader)
+        timestamps = reader.timestamps()
+        assert timestamps == [f.pts for f in frames]
+        for first, end in ((0, 4), (7, 13), (20, 23)):
+            span = list(reader.span(timestamps, first, end))
+            assert [f.index for f in span] == list(range(first, end))
+            assert [f.pts for f in span] == timestamps[first:end]
+            assert all((a.image == b.image).all() for a, b in zip(span, frames[first:end],
+                                                                  strict=True))
+        wrong = [*timestamps[:5], timestamps[5] + 1, *timestamps[6:]]
+        with pytest.raises(VideoError, match="decodes at .* not .* as in one pass .*--restart"):
+            list(reader.span(wrong, 5, 6))
+    with VideoReader(clip, start_time=0.6, max_frames=10) as reader:
+        trimmed = reader.timestamps()
+        assert trimmed == timestamps[6:16]
+        assert [f.index for f in reader.span(trimmed, 4, 6)] == [4, 5]
+
+
+def test_spans_are_right_where_timestamps_repeat(tmp_path):
+    """Frames 4 and 5 share a timestamp (a broken file; x264 and Matroska let it through): a
+    span starting at frame 5 must not start with frame 4, which comes first at that time."""
+    path = tmp_path / "repeated.mkv"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 48, 32, "yuv420p"
+        for i, pts in enumerate([0, 1, 2, 3, 4, 4, 5, 6, 7, 8]):
+            frame = av.VideoFrame.from_ndarray(frame_image(i, 48, 32), format="rgb24")
+            frame.pts = pts
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    with VideoReader(path) as reader:
+        frames = list(reader)
+        timestamps = reader.timestamps()
+        assert timestamps[4] == timestamps[5]
+        for first, end in ((5, 8), (4, 6), (6, 10)):
+            span = list(reader.span(timestamps, first, end))
+            assert [f.index for f in span] == list(range(first, end))
+            assert all((a.image == b.image).all() for a, b in zip(span, frames[first:end],
+                                                                  strict=True))
+
+
+def test_seeks_go_to_a_frame_no_earlier_frame_reaches():
+    assert video._seek_point([0, 1, 2, 3], 2) == 2
+    assert video._seek_point([0, 1, 2, 2, 3], 3) == 2  # frame 2 would come first at 2
+    assert video._seek_point([0, 1, 2, 2, 3], 4) == 4
+    assert video._seek_point([0, 5, 1, 2, 6], 3) == 1  # out of order: 5 is reached first
+    assert video._seek_point([3, 3, 3], 2) == 0 and video._seek_point([4, 5], 0) == 0
+
+
+def parts_of(clip: Path, folder: Path, bounds: list[int], crf: int = 0
+             ) -> list[tuple[Path, int]]:
+    """The clip's frames in parts, each starting at 0, as segments are written."""
+    parts = []
+    folder.mkdir(exist_ok=True)
+    with VideoReader(clip) as reader:
+        stamps = reader.timestamps()
+        for first, end in zip(bounds, bounds[1:], strict=False):
+            path = folder / f"part{first}.mp4"
+            with VideoWriter(path, 48, 32, reader.info.fps, reader.info.time_base,
+                             crf=crf) as writer:
+                for frame in reader.span(stamps, first, end):
+                    writer.write(frame.image, frame.pts - stamps[first])
+            parts.append((path, stamps[first]))
+    return parts
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv"])
+def test_join_puts_parts_together_with_their_timestamps_and_the_audio(tmp_path, suffix):
+    clip = write_clip(tmp_path / "clip.mp4", frames=23)
+    # A 2-frame part has no B-frames, the others have: their own decode times would collide.
+    parts = parts_of(clip, tmp_path / "parts", [0, 2, 9, 16, 23], crf=18)
+    with av.open(str(parts[1][0])) as part:
+        assert any(p.dts is not None and p.dts < 0 for p in part.demux(video=0))
+    with VideoReader(clip) as reader:
+        info = reader.info
+    joined = video.join(parts, tmp_path / f"joined{suffix}", time_base=info.time_base,
+                        fps=info.fps, audio_source=clip)
+    assert (joined.frames, joined.audio_codec, joined.audio_copied) == (23, "aac", True)
+    summary, source = stream_summary(joined.path), stream_summary(clip)
+    shift = 0.064 if suffix == ".mkv" else 0.0  # as VideoWriter's (see above)
+    assert summary["times"] == pytest.approx([t + shift for t in source["times"]])
+    assert summary["fps"] == 10
+    assert summary["audio_seconds"] == pytest.approx(source["audio_seconds"], abs=0.065)
+    separately = []  # the join re-encodes nothing: the frames decode as in their parts
+    for path, _ in parts:
+        with av.open(str(path)) as part:
+            separately += [f.to_ndarray(format="rgb24") for f in part.decode(video=0)]
+    with av.open(str(joined.path)) as container:
+        together = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    assert all((a == b).all() for a, b in zip(together, separately, strict=True))
+    assert audio_packets(joined.path) == audio_packets(clip)
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_join_trims_the_audio_of_a_span_and_refuses_mismatched_parts(tmp_path):
+    clip = write_clip(tmp_path / "clip.mp4", frames=23)
+    parts = parts_of(clip, tmp_path / "parts", [5, 10, 15])
+    with VideoReader(clip) as reader:
+        info = reader.info
+        start = reader.timestamps()[5]
+    span = [(path, tick - start) for path, tick in parts]
+    joined = video.join(span, tmp_path / "span.mp4", time_base=info.time_base, fps=info.fps,
+                        audio_source=clip, audio_offset=float(start * info.time_base))
+    summary = stream_summary(joined.path)
+    assert summary["times"] == pytest.approx([i / 10 for i in range(10)])
+    assert 1.0 - 0.065 <= summary["audio_seconds"] <= 1.0 + 0.065
+    other = tmp_path / "other.mp4"
+    with VideoWriter(other, 64, 32, info.fps, info.time_base, crf=0) as writer:
+        writer.write(frame_image(0, 64, 32), 0)
+    with pytest.raises(VideoError, match="cannot join .*other.mp4: it was encoded with other"):
+        video.join([parts[0], (other, 100)], tmp_path / "bad.mp4", time_base=info.time_base,
+                   fps=info.fps)
+    assert not (tmp_path / "bad.mp4").exists()
+
+
+def test_output_formats_are_checked_before_anything_is_written(tmp_path, monkeypatch):
+    video.check_output_format(tmp_path / "a.mp4", "pcm_mulaw")  # re-encoded to AAC: fine
+    video.check_output_format(tmp_path / "a.MKV", "opus")
+    with pytest.raises(VideoError, match="cannot write H.264 into .webm files .*a.webm"):
+        video.check_output_format(tmp_path / "a.webm")
+    for name in ("noext", "a.xyz"):
+        with pytest.raises(VideoError, match=f"cannot write .*{name}: unknown video file type"):
+            video.check_output_format(tmp_path / name)
+    monkeypatch.setitem(video._MUXERS, ".264", "h264")  # raw H.264: no audio at all
+    video.check_output_format(tmp_path / "a.264")
+    with pytest.raises(VideoError, match="a.264: .264 files take neither opus nor AAC .*"
+                                         "--no-audio"):
+        video.check_output_format(tmp_path / "a.264", "opus")
+    assert list(tmp_path.iterdir()) == []
