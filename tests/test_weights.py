@@ -65,6 +65,18 @@ def test_shipped_model_card_matches_the_weights(weights):
 
 
 @pytest.mark.parametrize("weights", SHIPPED, ids=lambda p: p.name)
+def test_shipped_model_card_records_that_bf16_costs_no_quality(weights):
+    """--precision auto runs bf16 where it is native: every shipped card records Vid4 in fp32
+    and bf16, within 0.02 dB on every clip."""
+    check = checkpoint.read_model_card(weights)["precision_check"]
+    fp32, bf16 = check["vid4_psnr_y"]["fp32"], check["vid4_psnr_y"]["bf16"]
+    assert set(fp32) == set(bf16) == {"calendar", "city", "foliage", "walk", "average"}
+    worst = max(abs(fp32[k] - bf16[k]) for k in fp32)
+    assert worst <= 0.02 and check["max_difference_db"] == pytest.approx(worst, abs=1e-4)
+    assert "--precision bf16" in check["command"] and check["machine"]
+
+
+@pytest.mark.parametrize("weights", SHIPPED, ids=lambda p: p.name)
 def test_shipped_model_beats_bicubic_on_unseen_frames(weights, clip_frames):
     torch.manual_seed(0)
     net, config = generator.load_generator(weights)
