@@ -84,9 +84,9 @@ class PrecisionChoice(NamedTuple):
     reason: str  # why, for the run's first lines
     emulated: bool  # asked for by name, though the device emulates it (slower than fp32)
 
-    def describe(self) -> str:
-        return (f"{'warning: ' if self.emulated else ''}precision {self.precision} "
-                f"({self.reason})")
+    def describe(self, what: str = "precision") -> str:
+        """One line for the run's log: ``precision bf16 (auto: ...)``; ``what`` names it."""
+        return f"{'warning: ' if self.emulated else ''}{what} {self.precision} ({self.reason})"
 
 
 def choose_precision(requested: str, device: torch.device | str) -> PrecisionChoice:

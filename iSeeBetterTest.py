@@ -208,6 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
     compute.add_argument("--seed", type=int, default=123, help="random seed (default: 123)")
 
     out = parser.add_argument_group("output")
+    flag(out, "--temporal_metrics", default=True,
+         help="when scoring (dataset mode, or --downscale_first): also tOF and the warping error "
+              "between consecutive frames, for ours and bicubic (four optical flows per frame)")
     flag(out, "--compare", default=False,
          help="dataset mode: write <output>/<clip>_compare.png, a crop of the clip's middle "
               "frame: bicubic | ours | ground truth")
@@ -426,8 +429,9 @@ def run_dataset(args: cli.Options, ranks: Ranks) -> None:
     upscaler = make_upscaler(args, net, config, device, ranks.sharing)
     names = [test_set.sample_name(i) for i in range(len(test_set))]
     clips = [os.path.dirname(n) or Path(args.data_dir).resolve().name for n in names]
-    sink = DatasetFrames(args, output, names, clips, compare_frames(clips) if args.compare
-                         else {}, Scoreboard(crop=config.scale_factor, temporal=True))
+    board = Scoreboard(crop=config.scale_factor, temporal=args.temporal_metrics)
+    sink = DatasetFrames(args, output, names, clips,
+                         compare_frames(clips) if args.compare else {}, board)
     mine, primed = dataset_share(len(names), args.testBatchSize, not args.upscale_only, ranks)
     if ranks.first:
         print(f"{len(names)} frames from {test_set.list_path}; "
@@ -524,7 +528,7 @@ def compare_frames(clips: Sequence[str]) -> dict[int, str]:
 def report_dataset(args: cli.Options, config: rbpn.ModelConfig, output: Path,
                    rows: list[dict]) -> None:
     """Rank 0: the score table, and metrics.csv and metrics.json."""
-    board = Scoreboard(crop=config.scale_factor, temporal=True)
+    board = Scoreboard(crop=config.scale_factor, temporal=args.temporal_metrics)
     board.rows = rows
     print(board.table())
     board.write(output / "metrics.csv", output / "metrics.json",
@@ -781,7 +785,7 @@ def upscale_segment(work: segments.Work, args: cli.Options, reader: video.VideoR
     samples = ((target, frames.make_sample(target, neighbours, scale, args.flow_threads,
                                            bicubic=need_bicubic))
                for target, neighbours in windows)
-    board = Scoreboard(crop=scale, temporal=True)
+    board = Scoreboard(crop=scale, temporal=args.temporal_metrics)
     lr_w, lr_h = lr_size(args, reader.info, scale)
     writer = video.VideoWriter(work.file, lr_w * scale, lr_h * scale, reader.info.fps,
                                reader.info.time_base, crf=args.crf, preset=args.preset)
@@ -824,7 +828,7 @@ def report_video(args: cli.Options, config: rbpn.ModelConfig, outcome: segments.
     """The scores (``--downscale_first``) and the last line, on rank 0."""
     joined = outcome.joined
     if outcome.scores:
-        board = Scoreboard(crop=config.scale_factor, temporal=True)
+        board = Scoreboard(crop=config.scale_factor, temporal=args.temporal_metrics)
         board.rows = outcome.scores
         print(board.table())
         stem = joined.path.with_suffix("")

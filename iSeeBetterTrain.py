@@ -413,7 +413,7 @@ def save_state(args: cli.Options, trainer: GANTrainer, schedulers: list, at: Pro
              "schedulerD": schedulers[1].state_dict() if len(schedulers) > 1 else None,
              **dataclasses.asdict(at), "running": reduced.sums, "rng": rng_state(),
              "args": args.to_dict(), "model_config": model_config(args).to_dict(),
-             "world_size": world_size}
+             "world_size": world_size, "precision": trainer.precision}
     checkpoint.atomic_torch_save(state, state_path(args))
 
 
@@ -441,6 +441,10 @@ def resume(args: cli.Options, trainer: GANTrainer, schedulers: list, is_main: bo
     if is_main:
         print(f"resuming from {path}: epoch {at.epoch}, iteration {at.iteration}",
               file=sys.stderr)
+        trained_in = state.get("precision")  # what --amp resolved to (states before it: none)
+        if trained_in and trained_in != trainer.precision:
+            print(f"note: {path} was trained in {trained_in} so far; it continues in "
+                  f"{trainer.precision} (--amp {args.amp} on this device)", file=sys.stderr)
     # The sums were saved reduced over all processes: only rank 0 continues them.
     return at, RunningStats(trainer.columns, state["running"] if is_main else None)
 
@@ -496,7 +500,7 @@ def train(args: cli.Options, rank: int, world_size: int, device: torch.device) -
     is_main = rank == 0
     precision = training_precision(args.amp, device)
     if is_main:
-        print(precision.describe().replace("precision", "amp", 1), file=sys.stderr)
+        print(precision.describe("amp"), file=sys.stderr)
     if is_main and args.debug:
         print(f"arguments: {vars(args)}", file=sys.stderr)
     cli.seed_everything(args.seed)

@@ -189,7 +189,7 @@ class Motion:
         difference = tof_crop(flow) - tof_crop(self.forward)
         return float(np.sqrt((difference ** 2).sum(-1)).mean())
 
-    def warp_error(self, previous: np.ndarray, current: np.ndarray) -> float:
+    def warp_error(self, previous: np.ndarray, current: np.ndarray) -> float | None:
         """Warping error of two consecutive output frames (uint8 RGB), in 8-bit levels.
 
         Lai et al. (ECCV 2018) warp frame t-1 onto frame t with the flow and average the
@@ -198,11 +198,13 @@ class Motion:
         itself, it is 0 for the ground truth (whose own warping error only measures the
         flow's imprecision) and counts the change between frames that the true motion does
         not explain: flicker, popping detail. Reported as the root mean square over the
-        unoccluded pixels and the three channels, times 255.
+        unoccluded pixels and the three channels, times 255; None when no pixel is left
+        (a frame that the crop or occlusions cover entirely).
         """
         deviation = self._change(previous, current) - self.change
-        return float(np.sqrt((deviation[self.mask] ** 2).mean()) * 255.0) if self.mask.any() \
-            else 0.0
+        if not self.mask.any():
+            return None
+        return float(np.sqrt((deviation[self.mask] ** 2).mean()) * 255.0)
 
 
 def _means(rows: list[dict], keys: list[str]) -> dict[str, float]:
@@ -223,7 +225,7 @@ class Scoreboard:
         self.crop = crop
         self.temporal = temporal
         self.rows: list[dict] = []
-        self._last: dict[str, tuple] = {}  # clip -> its last frame's (hr, sr, bicubic)
+        self._last: dict[str, tuple] = {}  # the current clip -> its last (hr, sr, bicubic)
 
     def add(self, clip: str, frame: str, sr: np.ndarray | torch.Tensor,
             hr: np.ndarray | torch.Tensor, bicubic: np.ndarray | torch.Tensor | None = None,
@@ -245,6 +247,8 @@ class Scoreboard:
     def _temporal(self, clip: str, hr: np.ndarray, sr: np.ndarray,
                   bicubic: np.ndarray | None) -> dict:
         """tOF and warping error against the clip's previous frame (none for its first)."""
+        if clip not in self._last:  # frames come clip by clip: forget the previous clip's
+            self._last.clear()
         last, self._last[clip] = self._last.get(clip), (hr, sr, bicubic)
         if last is None:
             return {}
@@ -255,7 +259,9 @@ class Scoreboard:
             if before is not None and now is not None:
                 if with_tof:
                     found[f"{prefix}tof"] = motion.tof(before, now)
-                found[f"{prefix}warp_error"] = motion.warp_error(before, now)
+                warp = motion.warp_error(before, now)
+                if warp is not None:
+                    found[f"{prefix}warp_error"] = warp
         return found
 
     def keys(self) -> list[str]:
@@ -280,7 +286,7 @@ class Scoreboard:
 
     def table(self) -> str:
         """The per-clip means (and their average) as a text table, bicubic beside ours."""
-        temporal = "tof" in self.keys()
+        temporal = any(k in self.keys() for k in TEMPORAL_KEYS)
         head = (f"{'clip':<16}{'frames':>7}  {'bicubic Y':>15}  {'ours Y':>15}  "
                 f"{'bicubic RGB':>15}  {'ours RGB':>15}"
                 + (f"  {'bicubic tOF/warp':>16}  {'ours tOF/warp':>16}" if temporal else "")
@@ -288,12 +294,19 @@ class Scoreboard:
                 + ("; tOF px / warping error in 8-bit levels)" if temporal else ")"))
         lines = [head]
 
+        def pair(m: dict, first: str, second: str, a: str, b: str, width: int) -> str:
+            """Two metrics as "a / b", "-" for one that is missing (no bicubic, frames too
+            small for tOF)."""
+            text = " / ".join(f"{m[k]:{f}}" if k in m else "-"
+                              for k, f in ((first, a), (second, b)))
+            return f"{text:>{width}}"
+
         def line(name: str, m: dict) -> str:
-            cells = [f"{m[p + 'psnr_' + c]:7.2f} / {m[p + 'ssim_' + c]:.4f}"
+            cells = [pair(m, p + "psnr_" + c, p + "ssim_" + c, "7.2f", ".4f", 15)
                      for c in ("y", "rgb") for p in ("bicubic_", "")]
             if temporal:
-                cells += [f"{m[p + 'tof']:7.3f} / {m[p + 'warp_error']:6.3f}"
-                          if p + "tof" in m else f"{'-':>16}" for p in ("bicubic_", "")]
+                cells += [pair(m, p + "tof", p + "warp_error", "7.3f", "6.3f", 16)
+                          for p in ("bicubic_", "")]
             return f"{name:<16}{m['frames']:>7}  " + "  ".join(cells)
 
         clips = self.clips()

@@ -56,10 +56,13 @@ def parse_model(text: str) -> str:
 
 
 def model_sizes(model: str) -> dict:
+    """The Net size arguments of a ``--models`` entry."""
     if model in MODELS:
         return MODELS[model]
     base_filter, feat, n_resblock = map(int, model.split("/"))
     return {"base_filter": base_filter, "feat": feat, "n_resblock": n_resblock}
+
+
 _FORMATS = ("nchw", "channels_last")
 
 

@@ -17,9 +17,10 @@ PY=${PY:-.venv/bin/python}
 WORK=${1:-gan_run}
 EPOCHS=${EPOCHS:-2}
 source scripts/compact_data.sh
-if [ ! -f "$WORK/set3/sep_trainlist.txt" ]; then
+if [ ! -f "$WORK/set3/.complete" ]; then  # a marker: the list exists before it is complete
     make_set2 "$WORK"
     make_set3 "$WORK"
+    touch "$WORK/set3/.complete"
 fi
 COMMON=(--base_filter 32 --feat 16 --n_resblock 1 --residual
         --pretrained --pretrained_sr weights/iSeeBetter_4x_compact.pth

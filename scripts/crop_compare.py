@@ -47,14 +47,21 @@ def run(args: cli.Options) -> int:
     scale = args.upscale_factor
     truth = frames.modcrop(frames.read_rgb(str(Path(args.data_dir) / args.frame)), scale)
     bicubic = frames.upscale(frames.downscale(truth, scale), scale)
+    left, top, w, h = args.box
+    if left < 0 or top < 0 or w < 1 or h < 1 or left + w > truth.width or top + h > truth.height:
+        raise cli.CLIError(f"--box {left} {top} {w} {h}: not inside the {truth.width}x"
+                           f"{truth.height} frame")
     panels = [("bicubic", bicubic)]
     for label, folder in zip(args.labels, args.results, strict=True):
         path = Path(folder) / Path(args.frame).with_suffix(".png")
         if not path.is_file():
             raise cli.CLIError(f"--results {folder}: no {path.name} there")
-        panels.append((label, Image.open(path).convert("RGB")))
+        result = frames.read_rgb(str(path))
+        if result.size != truth.size:
+            raise cli.CLIError(f"--results {folder}: {path.name} is {result.width}x"
+                               f"{result.height}, the ground truth {truth.width}x{truth.height}")
+        panels.append((label, result))
     panels.append(("ground truth", truth))
-    left, top, w, h = args.box
     zoomed = [(name, np.asarray(image.crop((left, top, left + w, top + h)).resize(
         (w * args.zoom, h * args.zoom), Image.NEAREST))) for name, image in panels]
     panel = compare_panel(zoomed, 0, box=(0, 0, w * args.zoom, h * args.zoom))

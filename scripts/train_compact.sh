@@ -44,7 +44,7 @@ $PY iSeeBetterTrain.py "${MODEL[@]}" --data_dir "$WORK/set3/sequences" \
 # Vid4 x4, all four clips (the README's results table).
 cat ../shared/data/Vid4/{calendar,city,foliage,walk}.txt > "$WORK/vid4.txt"
 $PY iSeeBetterTest.py --data_dir ../shared/data/Vid4 --file_list "$(realpath "$WORK/vid4.txt")" \
-    -m "$WORK/stage4/netG_epoch_4_8.pth" -r -o "$WORK/vid4" --compare
+    -m "$WORK/stage4/netG_epoch_4_8.pth" -r -o "$WORK/vid4" --compare --precision fp32
 # The same with self-ensemble (the "+" columns; about 11 s per frame).
 $PY iSeeBetterTest.py --data_dir ../shared/data/Vid4 --file_list "$(realpath "$WORK/vid4.txt")" \
-    -m "$WORK/stage4/netG_epoch_4_8.pth" -r -o "$WORK/vid4_ensemble" --self_ensemble
+    -m "$WORK/stage4/netG_epoch_4_8.pth" -r -o "$WORK/vid4_ensemble" --self_ensemble --precision fp32

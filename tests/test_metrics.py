@@ -84,8 +84,6 @@ def test_score_keys_and_size_check():
 def test_scoreboard_averages_clip_means_and_writes_both_files(tmp_path):
     import json
 
-
-
     rng = np.random.default_rng(0)
     hr = rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)
     noisy = [np.clip(hr.astype(int) + rng.integers(-k, k + 1, hr.shape), 0, 255).astype(np.uint8)
@@ -165,6 +163,7 @@ def test_temporal_metrics_are_zero_for_the_ground_truth_and_grow_with_flicker():
     brighter = np.clip(steady[3].astype(int) + 12, 0, 255).astype(np.uint8)
     shifted = np.roll(steady[3], 3, axis=1)  # a frame that jumps 3 pixels too far
     calm = motion.warp_error(steady[2], steady[3])
+    assert calm < 0.5  # the same error moving with the content: the warp follows the motion
     assert motion.warp_error(steady[2], brighter) > calm + 8  # the flicker is 12 levels
     assert motion.tof(steady[2], shifted) > motion.tof(steady[2], steady[3]) + 2
 
@@ -187,3 +186,18 @@ def test_scoreboard_scores_consecutive_frames_and_a_shuffled_clip_scores_worse()
     worse = shuffled.clips()["pan"]
     assert worse["tof"] > mean["tof"] + 1 and worse["warp_error"] > mean["warp_error"] + 1
     assert "ours tOF/warp" in ordered.table() and ordered.keys()[-1] == "bicubic_warp_error"
+
+
+def test_tiny_frames_get_a_warping_error_but_no_tof_and_the_table_says_so():
+    board = Scoreboard(crop=4, temporal=True)
+    frames = textured_pan(frames=3, h=40, w=32)
+    for t, frame in enumerate(frames):
+        board.add("tiny", str(t), blurred(frame), frame)  # no bicubic either
+    assert "tof" not in board.rows[1] and board.rows[1]["warp_error"] > 0
+    mean = board.clips()["tiny"]
+    row = board.table().splitlines()[1].split()
+    assert row[2:6] == ["-", "/", "-", f"{mean['psnr_y']:.2f}"]  # bicubic Y missing, ours there
+    assert row[-3:] == ["-", "/", f"{mean['warp_error']:.3f}"]  # our tOF missing, warp there
+    # A frame whose border crop leaves no pixel has no warping error at all.
+    assert Motion(frames[0][:8, :8], frames[1][:8, :8], crop=4).warp_error(
+        frames[0][:8, :8], frames[1][:8, :8]) is None

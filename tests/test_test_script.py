@@ -136,6 +136,17 @@ def test_dataset_upscale_only_is_four_times_the_input(tiny_model, frames_dir, wo
     assert not (out / "metrics.csv").exists()  # no ground truth, no scores
 
 
+def test_no_temporal_metrics_scores_frames_alone(tiny_model, frames_dir, work):
+    out = work / "no_temporal"
+    result = run("--data_dir", frames_dir, "--file_list", "all.txt", "-m", tiny_model, "-o", out,
+                 "--no-temporal_metrics", "--no-gpu_mode")
+    assert result.returncode == 0, result.stderr
+    report = json.loads((out / "metrics.json").read_text())
+    assert len(report["frames"]) == 5 and "psnr_y" in report["frames"][1]
+    assert not any("warp_error" in row for row in report["frames"])
+    assert "tOF" not in result.stdout
+
+
 def test_self_ensemble_is_recorded_and_changes_the_output(tiny_model, frames_dir, work):
     outputs = {}
     for flag in ("--no-self_ensemble", "--self_ensemble"):

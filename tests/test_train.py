@@ -324,6 +324,22 @@ def test_nan_loss_stops_after_saving_or_skips(data2, tmp_path, monkeypatch, poli
         assert math.isfinite(float(row["GLoss"]))
 
 
+def test_amp_resolves_per_device_and_a_resume_says_when_the_precision_changes(
+        data2, tmp_path, capsys):
+    cpu = torch.device("cpu")
+    assert iSeeBetterTrain.training_precision("none", cpu) == ("fp32", "--amp none", False)
+    with pytest.raises(cli.CLIError, match="--amp fp16 needs CUDA"):
+        iSeeBetterTrain.training_precision("fp16", cpu)
+    assert run(data2, tmp_path, "--nEpochs", "1", "--amp", "none") == 0
+    assert checkpoint.load_training_state(tmp_path / "train_state.pth")["precision"] == "fp32"
+    capsys.readouterr()
+    assert run(data2, tmp_path, "--nEpochs", "2", "--amp", "bf16", "--resume") == 0
+    err = capsys.readouterr().err
+    assert "amp bf16 (as asked" in err or "warning: amp bf16" in err
+    assert "was trained in fp32 so far; it continues in bf16 (--amp bf16" in err
+    assert checkpoint.load_training_state(tmp_path / "train_state.pth")["precision"] == "bf16"
+
+
 def test_bad_checkpoints_and_mismatched_resume_are_clear_errors(trained, data2, tmp_path):
     corrupt = tmp_path / "corrupt.pth"
     corrupt.write_bytes(b"not a checkpoint")
