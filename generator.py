@@ -57,9 +57,8 @@ def _cpu_has(feature: str) -> bool:
 def native_precisions(device: torch.device | str) -> dict[str, str]:
     """The reduced precisions ``device`` computes natively, each with the hardware that does.
 
-    CPUs emulate bf16 without AVX512-BF16 or AMX (4-5x slower than fp32 on an AVX-512 Xeon
-    without them) and fp16 without AMX-FP16 (about 6x slower); with AMX, bf16 autocast runs
-    the compact model 1.8x faster than fp32 (README, Benchmarks).
+    CPUs emulate bf16 without AVX512-BF16 or AMX, and fp16 without AMX-FP16: several times
+    slower than fp32, while native bf16 is about twice as fast (README, Benchmarks).
     """
     device = torch.device(device)
     if device.type == "cuda":
@@ -110,8 +109,8 @@ def choose_precision(requested: str, device: torch.device | str) -> PrecisionCho
         return PrecisionChoice(requested, "as asked", False)
     if requested == "fp16" and device.type == "cpu":
         raise ParameterError("precision", requested,
-                             "this CPU emulates fp16 (no AMX-FP16), about 6x slower than fp32; "
-                             "use auto, bf16 or fp32")
+                             "this CPU emulates fp16 (no AMX-FP16), several times slower than "
+                             "fp32; use auto, bf16 or fp32")
     return PrecisionChoice(requested, f"as asked, but this {device.type} emulates it: slower "
                            "than fp32; auto picks the fastest", True)
 

@@ -26,7 +26,6 @@ import itertools
 import json
 import resource
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -36,11 +35,14 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench_upscale import CONFIGS, run_child  # noqa: E402
+
+import atomic  # noqa: E402
 import cli  # noqa: E402
 
-MODELS = {"full": {"base_filter": 256, "feat": 64, "n_resblock": 5},
-          "compact": {"base_filter": 32, "feat": 16, "n_resblock": 1},
-          "tiny": {"base_filter": 8, "feat": 8, "n_resblock": 1}}
+# The named sizes are bench_upscale's (nFrames is a flag of its own here).
+MODELS = {name: {k: v for k, v in sizes.items() if k != "nFrames"}
+          for name, sizes in CONFIGS.items()}
 
 
 def parse_model(text: str) -> str:
@@ -191,20 +193,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                       "repeat": args.repeat, "warmup": args.warmup, "threads": args.threads,
                       "device": args.device, "scale": args.upscale_factor,
                       "nFrames": args.nFrames}
-            child = subprocess.run([sys.executable, __file__, "--child", json.dumps(config)],
-                                   capture_output=True, text=True)
-            if child.returncode != 0:
-                last = (child.stderr.strip().splitlines() or ["(no output)"])[-1]
-                raise cli.CLIError(f"{size[0]}x{size[1]} {model} {precision} {fmt} failed: "
-                                   f"{last}")
-            r = json.loads(child.stdout.strip().splitlines()[-1])
+            r = run_child(config, __file__, f"{size[0]}x{size[1]} {model} {precision} {fmt}")
             results.append(r)
             baseline = baseline or r["ms"]  # the first configuration of this size
             print(f"| {size[0]}x{size[1]} | {model} | {precision} | {fmt} | {r['ms']:.1f} | "
                   f"{r['min_ms']:.1f} | {r['peak_mib']:.0f} | {r['extra_mib']:.0f} | "
                   f"{baseline / r['ms']:.2f}x |", flush=True)
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+        atomic.write_text(args.json, json.dumps(results, indent=2) + "\n")
     return 0
 
 

@@ -210,14 +210,16 @@ def child_memory(job: dict) -> dict:
     return result
 
 
-def run_child(job: dict) -> dict:
-    """One measurement in a fresh process (clean peak RSS, no warm caches)."""
-    done = subprocess.run([sys.executable, __file__, "--child", json.dumps(job)],
+def run_child(job: dict, script: str = __file__, what: str | None = None) -> dict:
+    """One measurement in a fresh process (clean peak RSS, no warm caches): ``script --child
+    JOB``, whose last stdout line is the JSON result; ``what`` names the job if it fails."""
+    done = subprocess.run([sys.executable, script, "--child", json.dumps(job)],
                           capture_output=True, text=True)
     if done.returncode != 0:
         tail = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
-        raise cli.CLIError(f"benchmark child {job['kind']} {job.get('device')} "
-                           f"{job.get('precision')} failed: {tail}")
+        what = what or (f"benchmark child {job['kind']} {job.get('device')} "
+                        f"{job.get('precision')}")
+        raise cli.CLIError(f"{what} failed: {tail}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
