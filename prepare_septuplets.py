@@ -117,13 +117,18 @@ def pan_window(image: Image.Image, size: tuple[int, int], max_speed: int,
 
 
 def still_septuplets(path: str, size: tuple[int, int], pans: int, max_speed: int,
-                     rng: random.Random) -> Iterator[list[Image.Image]]:
-    """``pans`` synthetic camera pans over a still image."""
+                     rng: random.Random, max_side: int = 0) -> Iterator[list[Image.Image]]:
+    """``pans`` synthetic camera pans over a still image, first scaled down (Lanczos) so that
+    its longer side is at most ``max_side`` (0: as it is)."""
     try:
         with Image.open(path) as opened:
             image = opened.convert("RGB")
     except (OSError, ValueError) as err:
         raise cli.CLIError(f"{path}: cannot read the image ({err})") from None
+    if max_side and max(image.size) > max_side:
+        factor = max_side / max(image.size)
+        image = image.resize((round(image.width * factor), round(image.height * factor)),
+                             Image.LANCZOS)
     if image.width < size[0] or image.height < size[1]:
         raise cli.CLIError(f"{path}: the image is {image.width}x{image.height}, smaller than "
                            f"--size {size[0]}x{size[1]}")
@@ -193,7 +198,8 @@ def make_septuplets(args: argparse.Namespace, clips: list[str], made: list[list[
             break
         names: list[str] = []
         made.append(names)
-        septuplets = (still_septuplets(video, args.size, args.pans, args.pan_speed, rng)
+        septuplets = (still_septuplets(video, args.size, args.pans, args.pan_speed, rng,
+                                        args.still_side)
                       if video.lower().endswith(IMAGE_SUFFIXES)
                       else video_septuplets(video, args, rng))
         with contextlib.closing(septuplets):
@@ -243,6 +249,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="synthetic camera pans per still image (default: 8)")
     parser.add_argument("--pan_speed", type=int, default=6,
                         help="largest pan velocity, pixels per frame on each axis (default: 6)")
+    parser.add_argument("--still_side", type=int, default=0,
+                        help="scale still images down so that their longer side is at most "
+                             "this many pixels before panning: a large photo's detail is then "
+                             "as dense as a video frame's (0: no scaling; default: 0)")
     parser.add_argument("--seed", type=int, default=123,
                         help="random crops and pans (default: 123)")
     return parser
@@ -257,6 +267,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise cli.CLIError("--crops > 1 needs --crop random")
     if not 0 <= args.test_fraction < 1 or args.max_septuplets < 0 or args.scene_cut < 0:
         raise cli.CLIError("--test_fraction must be in [0, 1); --max_septuplets, --scene_cut >= 0")
+    if args.still_side < 0:
+        raise cli.CLIError(f"--still_side {args.still_side}: must be 0 or more")
     if args.pan_speed < 0:
         raise cli.CLIError(f"--pan_speed {args.pan_speed}: must be 0 or more")
     for video in args.videos:

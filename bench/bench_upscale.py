@@ -41,21 +41,24 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import cli  # noqa: E402
+import iSeeBetterTest  # noqa: E402
 
 CONFIGS = {
     "full": {"base_filter": 256, "feat": 64, "n_resblock": 5, "nFrames": 7},
-    "compact": {"base_filter": 32, "feat": 16, "n_resblock": 1, "nFrames": 7},  # the bundled one
+    "compact": {"base_filter": 32, "feat": 16, "n_resblock": 1, "nFrames": 7},
+    "medium": {"base_filter": 48, "feat": 24, "n_resblock": 1, "nFrames": 7},
     "tiny": {"base_filter": 8, "feat": 8, "n_resblock": 1, "nFrames": 7},
 }
-DEFAULT_MODEL = ROOT / "weights" / "iSeeBetter_4x_compact.pth"
+DEFAULT_MODEL = ROOT / iSeeBetterTest.DEFAULT_MODEL
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=__doc__.split("\n\n", 1)[1])
-    p.add_argument("--model", type=Path, default=DEFAULT_MODEL,
-                   help="generator weights (default: the bundled compact weights)")
+    p.add_argument("--model", type=Path, nargs="+", default=[DEFAULT_MODEL],
+                   help="generator weights, several to compare them side by side (default: "
+                        "the bundled default weights)")
     p.add_argument("--config", choices=sorted(CONFIGS),
                    help="use a randomly initialised model of this size instead of --model")
     p.add_argument("--frames", type=int, default=10,
@@ -63,7 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=cli.parse_size, default=(180, 144), metavar="WxH",
                    help="LR clip size (default: 180x144)")
     p.add_argument("--precisions", nargs="+", default=["fp32", "bf16"],
-                   choices=("fp32", "bf16", "fp16"), help="default: fp32 bf16")
+                   choices=("fp32", "bf16", "fp16", "auto"),
+                   help="default: fp32 bf16; auto is what iSeeBetterTest.py picks by default "
+                        "for the device, and is shown as what it picked")
     p.add_argument("--devices", nargs="+", default=None, choices=("cpu", "cuda"),
                    help="default: cpu, and cuda when available")
     p.add_argument("--hd_size", type=cli.parse_size, default=(1920, 1080), metavar="WxH",
@@ -115,7 +120,6 @@ def clip_frames(size: tuple[int, int], count: int):
     import numpy as np
     from PIL import Image
 
-    import iSeeBetterTest
     import video
 
     frames = []
@@ -266,53 +270,64 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     import torch
 
-    if args.config is None and not args.model.is_file():
-        raise cli.CLIError(f"--model {args.model}: not found (the bundled weights come later; "
-                           "use --config full or --config tiny for a random model)")
+    import generator
+
+    missing = [str(m) for m in args.model if not m.is_file()]
+    if args.config is None and missing:
+        raise cli.CLIError(f"--model {missing[0]}: not found (use --config full or --config "
+                           "tiny for a random model)")
     if args.frames < 2:
         raise cli.CLIError("--frames must be at least 2 (one warm-up frame, then timed ones)")
     devices = args.devices or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
     if "cuda" in devices and not torch.cuda.is_available():
         raise cli.CLIError("--devices cuda: no CUDA device found")
-    base = {"model": str(args.model), "config": args.config, "size": list(args.size),
-            "frames": args.frames, "channels_last": args.channels_last}
-    what = f"config {args.config} (random weights)" if args.config else str(args.model)
-    print(f"model: {what}; clip {args.size[0]}x{args.size[1]} x4; "
+    models = [None] if args.config else args.model
+    names = [f"config {args.config} (random weights)"] if args.config else [m.name for m in models]
+    print(f"models: {', '.join(names)}; clip {args.size[0]}x{args.size[1]} x4; "
           f"{'channels_last' if args.channels_last else 'NCHW'}; "
           f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
     results = []
-    print("\n| device | precision | flows s/frame | model s/frame | model frames/s | "
-          "end-to-end frames/s |\n|---|---|---|---|---|---|")
-    for device in devices:
-        for precision in args.precisions:
-            speed = run_child({**base, "kind": "speed", "device": device,
-                               "precision": precision})
-            results.append(speed)
-            e2e = "-"
-            if args.end_to_end:
-                with tempfile.TemporaryDirectory() as tmp:
-                    row = end_to_end({**base, "device": device, "precision": precision},
-                                     Path(tmp))
-                results.append(row)
-                e2e = f"{row['fps']:.3f}"
-            print(f"| {device} | {precision} | {speed['flow_s_per_frame']:.3f} | "
-                  f"{speed['model_s_per_frame']:.3f} | {speed['model_fps']:.3f} | {e2e} |",
-                  flush=True)
-    if args.hd:
-        print("\n| device | precision | LR frame | tile (overlap) | budget GiB | peak RSS GiB | "
-              "RSS growth GiB | CUDA peak GiB | seconds |\n|---|---|---|---|---|---|---|---|---|")
+    print("\n| model | device | precision | flows s/frame | model s/frame | model frames/s | "
+          "end-to-end frames/s |\n|---|---|---|---|---|---|---|")
+    for model, name in zip(models, names, strict=True):
+        base = {"model": str(model), "config": args.config, "size": list(args.size),
+                "frames": args.frames, "channels_last": args.channels_last}
         for device in devices:
-            memory = run_child({**base, "kind": "memory", "device": device,
-                                "precision": args.precisions[0],
-                                "hd_size": list(args.hd_size), "hd_flows": args.hd_flows,
-                                "max_memory": args.max_memory, "tile_overlap": 8})
-            results.append(memory)
-            cuda = f"{memory['cuda_peak_gib']:.2f}" if "cuda_peak_gib" in memory else "-"
-            print(f"| {device} | {memory['precision']} | {args.hd_size[0]}x{args.hd_size[1]} | "
-                  f"{memory['tile'] or 'none'} ({memory['tile_overlap']}) | "
-                  f"{memory['budget_gib']:.2f} | {memory['peak_rss_gib']:.2f} | "
-                  f"{memory['rss_growth_gib']:.2f} | {cuda} | {memory['seconds']:.1f} |",
-                  flush=True)
+            for asked in args.precisions:
+                precision = generator.choose_precision(asked, device).precision
+                shown = f"auto: {precision}" if asked == "auto" else precision
+                speed = run_child({**base, "kind": "speed", "device": device,
+                                   "precision": precision})
+                results.append({**speed, "model": name, "asked": asked})
+                e2e = "-"
+                if args.end_to_end:
+                    with tempfile.TemporaryDirectory() as tmp:
+                        row = end_to_end({**base, "device": device, "precision": precision},
+                                         Path(tmp))
+                    results.append({**row, "model": name, "asked": asked})
+                    e2e = f"{row['fps']:.3f}"
+                print(f"| {name} | {device} | {shown} | {speed['flow_s_per_frame']:.3f} | "
+                      f"{speed['model_s_per_frame']:.3f} | {speed['model_fps']:.3f} | {e2e} |",
+                      flush=True)
+    if args.hd:
+        print("\n| model | device | precision | LR frame | tile (overlap) | budget GiB | "
+              "peak RSS GiB | RSS growth GiB | CUDA peak GiB | seconds |\n"
+              "|---|---|---|---|---|---|---|---|---|---|")
+        for model, name in zip(models, names, strict=True):
+            for device in devices:
+                precision = generator.choose_precision(args.precisions[0], device).precision
+                memory = run_child({"model": str(model), "config": args.config,
+                                    "channels_last": args.channels_last, "kind": "memory",
+                                    "device": device, "precision": precision,
+                                    "hd_size": list(args.hd_size), "hd_flows": args.hd_flows,
+                                    "max_memory": args.max_memory, "tile_overlap": 8})
+                results.append({**memory, "model": name})
+                cuda = f"{memory['cuda_peak_gib']:.2f}" if "cuda_peak_gib" in memory else "-"
+                print(f"| {name} | {device} | {precision} | {args.hd_size[0]}x{args.hd_size[1]} "
+                      f"| {memory['tile'] or 'none'} ({memory['tile_overlap']}) | "
+                      f"{memory['budget_gib']:.2f} | {memory['peak_rss_gib']:.2f} | "
+                      f"{memory['rss_growth_gib']:.2f} | {cuda} | {memory['seconds']:.1f} |",
+                      flush=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
     return 0

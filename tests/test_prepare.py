@@ -136,6 +136,20 @@ def test_still_images_give_straight_whole_pixel_pans(tmp_path):
     assert np.array_equal(read(again, "photo/0002", 7), read(out, "photo/0002", 7))
 
 
+def test_still_side_pans_over_the_scaled_down_still(tmp_path, capsys):
+    still = np.random.default_rng(4).integers(0, 256, (140, 200, 3), dtype=np.uint8)
+    path = tmp_path / "photo.png"
+    Image.fromarray(still).save(path)
+    out = tmp_path / "out"
+    assert prepare(str(path), "--output", str(out), "--size", "48x32", "--pans", "2",
+                   "--still_side", "100", "--seed", "5") == 0
+    small = np.asarray(Image.fromarray(still).resize((100, 70), Image.LANCZOS))
+    for name in ("photo/0001", "photo/0002"):
+        locate(small, read(out, name, 1))  # a crop of the 100x70 still, found exactly once
+    assert prepare(str(path), "--output", str(tmp_path / "o"), "--still_side", "-1") == 2
+    assert "--still_side -1: must be 0 or more" in capsys.readouterr().err
+
+
 def test_a_still_smaller_than_the_size_is_refused(tmp_path, capsys):
     path = tmp_path / "small.jpg"
     Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(path)
