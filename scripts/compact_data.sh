@@ -78,17 +78,3 @@ make_set3() {  # make_set3 WORK
     assemble "$WORK/set3" "$WORK/parts/vtest" "$WORK/parts/videos2" "$WORK/parts/stills" \
         "$WORK/parts/stills2" "$WORK/parts/bigstills"
 }
-
-# Debian's wallpaper packages (gnome-backgrounds, ukui-wallpapers, plasma-workspace-wallpapers):
-# 8 pans over each of 49 photographs and artworks, scaled so that the longer side is 1024 pixels
-# (about a Vid4 frame's, so detail is as dense as in a video frame). Of plasma's several sizes of
-# one wallpaper, the widest landscape file is used.
-make_walls() {  # make_walls WORK
-    local WORK=$1
-    WALLS=(/usr/share/backgrounds/*.{jpg,png} /usr/share/backgrounds/gnome/*-l.webp)
-    for dir in /usr/share/wallpapers/*/contents/images; do
-        WALLS+=("$dir/$(ls "$dir" | awk -Fx '$1 > $2+0 {print $1+0, $0}' | sort -n | tail -n 1 | cut -d' ' -f2)")
-    done
-    $PY prepare_septuplets.py "${WALLS[@]}" --pans 8 --still_side 1024 --seed 5 \
-        --output "$WORK/parts/walls"
-}

@@ -12,14 +12,14 @@ from tests.conftest import ROOT
 
 
 def test_the_recipes_are_valid_bash_and_share_the_data_functions():
-    for script in ("train_compact.sh", "train_medium.sh", "compare_gan.sh", "compact_data.sh"):
+    for script in ("train_compact.sh", "compare_gan.sh", "compact_data.sh"):
         result = subprocess.run(["bash", "-n", str(ROOT / "scripts" / script)],
                                 capture_output=True, text=True)
         assert result.returncode == 0, result.stderr
     data = (ROOT / "scripts" / "compact_data.sh").read_text()
-    for name in ("make_set1", "make_set2", "make_set3", "make_walls", "assemble"):
+    for name in ("make_set1", "make_set2", "make_set3", "assemble"):
         assert f"\n{name}() {{" in data
-    for recipe in ("train_compact.sh", "train_medium.sh", "compare_gan.sh"):
+    for recipe in ("train_compact.sh", "compare_gan.sh"):
         assert "source scripts/compact_data.sh" in (ROOT / "scripts" / recipe).read_text()
 
 
