@@ -46,7 +46,6 @@ import iSeeBetterTest  # noqa: E402
 CONFIGS = {
     "full": {"base_filter": 256, "feat": 64, "n_resblock": 5, "nFrames": 7},
     "compact": {"base_filter": 32, "feat": 16, "n_resblock": 1, "nFrames": 7},
-    "medium": {"base_filter": 48, "feat": 24, "n_resblock": 1, "nFrames": 7},
     "tiny": {"base_filter": 8, "feat": 8, "n_resblock": 1, "nFrames": 7},
 }
 DEFAULT_MODEL = ROOT / iSeeBetterTest.DEFAULT_MODEL
