@@ -333,4 +333,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    cli.run_cli(main)
+    cli.run_cli(main, flags={"precision": "precisions"})
