@@ -167,8 +167,8 @@ def grow(state_dict: Mapping[str, torch.Tensor], config: rbpn.ModelConfig, base_
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Grow a trained RBPN generator into a wider and "
                                             "deeper one with the same output (Net2Net).")
-    p.add_argument("model", help="the trained generator (.pth; a model card beside it gives "
-                                 "residual / future_frame)")
+    p.add_argument("model", help="the trained generator's weights (.pth); the sizes are read "
+                                 "from its tensors")
     p.add_argument("--base_filter", type=int, required=True, help="grown LR feature channels")
     p.add_argument("--feat", type=int, required=True, help="grown HR feature channels")
     p.add_argument("--n_resblock", type=int, required=True,

@@ -280,20 +280,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     devices = args.devices or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
     if "cuda" in devices and not torch.cuda.is_available():
         raise cli.CLIError("--devices cuda: no CUDA device found")
+    # every (device, precision) resolved before any row, so an unusable one fails up front
+    precisions = {(device, asked): generator.choose_precision(asked, device).precision
+                  for device in devices for asked in args.precisions}
     models = [None] if args.config else args.model
     names = [f"config {args.config} (random weights)"] if args.config else [m.name for m in models]
+    bases = [{"model": str(model), "config": args.config, "size": list(args.size),
+              "frames": args.frames, "channels_last": args.channels_last} for model in models]
     print(f"models: {', '.join(names)}; clip {args.size[0]}x{args.size[1]} x4; "
           f"{'channels_last' if args.channels_last else 'NCHW'}; "
           f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
     results = []
     print("\n| model | device | precision | flows s/frame | model s/frame | model frames/s | "
           "end-to-end frames/s |\n|---|---|---|---|---|---|---|")
-    for model, name in zip(models, names, strict=True):
-        base = {"model": str(model), "config": args.config, "size": list(args.size),
-                "frames": args.frames, "channels_last": args.channels_last}
+    for base, name in zip(bases, names, strict=True):
         for device in devices:
             for asked in args.precisions:
-                precision = generator.choose_precision(asked, device).precision
+                precision = precisions[device, asked]
                 shown = f"auto: {precision}" if asked == "auto" else precision
                 speed = run_child({**base, "kind": "speed", "device": device,
                                    "precision": precision})
@@ -312,14 +315,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("\n| model | device | precision | LR frame | tile (overlap) | budget GiB | "
               "peak RSS GiB | RSS growth GiB | CUDA peak GiB | seconds |\n"
               "|---|---|---|---|---|---|---|---|---|---|")
-        for model, name in zip(models, names, strict=True):
+        for base, name in zip(bases, names, strict=True):
             for device in devices:
-                precision = generator.choose_precision(args.precisions[0], device).precision
-                memory = run_child({"model": str(model), "config": args.config,
-                                    "channels_last": args.channels_last, "kind": "memory",
-                                    "device": device, "precision": precision,
-                                    "hd_size": list(args.hd_size), "hd_flows": args.hd_flows,
-                                    "max_memory": args.max_memory, "tile_overlap": 8})
+                precision = precisions[device, args.precisions[0]]
+                memory = run_child({**base, "kind": "memory", "device": device,
+                                    "precision": precision, "hd_size": list(args.hd_size),
+                                    "hd_flows": args.hd_flows, "max_memory": args.max_memory,
+                                    "tile_overlap": 8})
                 results.append({**memory, "model": name})
                 cuda = f"{memory['cuda_peak_gib']:.2f}" if "cuda_peak_gib" in memory else "-"
                 print(f"| {name} | {device} | {precision} | {args.hd_size[0]}x{args.hd_size[1]} "

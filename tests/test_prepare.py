@@ -113,12 +113,18 @@ def locate(image: np.ndarray, crop: np.ndarray) -> tuple[int, int]:
     return hits[0]
 
 
-def test_still_images_give_straight_whole_pixel_pans(tmp_path):
-    still = np.random.default_rng(3).integers(0, 256, (70, 100, 3), dtype=np.uint8)
+def random_still(tmp_path, seed: int, height: int, width: int) -> tuple[np.ndarray, str]:
+    """A random-noise photo.png (so every crop is found in one place only) and its pixels."""
+    still = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
     path = tmp_path / "photo.png"
     Image.fromarray(still).save(path)
+    return still, str(path)
+
+
+def test_still_images_give_straight_whole_pixel_pans(tmp_path):
+    still, path = random_still(tmp_path, 3, 70, 100)
     out = tmp_path / "out"
-    assert prepare(str(path), "--output", str(out), "--size", "48x32", "--pans", "3",
+    assert prepare(path, "--output", str(out), "--size", "48x32", "--pans", "3",
                    "--pan_speed", "4", "--seed", "5") == 0
     names = (out / "sep_trainlist.txt").read_text().split()
     assert names == ["photo/0001", "photo/0002", "photo/0003"]
@@ -131,22 +137,20 @@ def test_still_images_give_straight_whole_pixel_pans(tmp_path):
         velocities.add((vx, vy))
     assert len(velocities) > 1  # random, not one fixed motion
     again = tmp_path / "again"
-    assert prepare(str(path), "--output", str(again), "--size", "48x32", "--pans", "3",
+    assert prepare(path, "--output", str(again), "--size", "48x32", "--pans", "3",
                    "--pan_speed", "4", "--seed", "5") == 0
     assert np.array_equal(read(again, "photo/0002", 7), read(out, "photo/0002", 7))
 
 
 def test_still_side_pans_over_the_scaled_down_still(tmp_path, capsys):
-    still = np.random.default_rng(4).integers(0, 256, (140, 200, 3), dtype=np.uint8)
-    path = tmp_path / "photo.png"
-    Image.fromarray(still).save(path)
+    still, path = random_still(tmp_path, 4, 140, 200)
     out = tmp_path / "out"
-    assert prepare(str(path), "--output", str(out), "--size", "48x32", "--pans", "2",
+    assert prepare(path, "--output", str(out), "--size", "48x32", "--pans", "2",
                    "--still_side", "100", "--seed", "5") == 0
     small = np.asarray(Image.fromarray(still).resize((100, 70), Image.LANCZOS))
     for name in ("photo/0001", "photo/0002"):
         locate(small, read(out, name, 1))  # a crop of the 100x70 still, found exactly once
-    assert prepare(str(path), "--output", str(tmp_path / "o"), "--still_side", "-1") == 2
+    assert prepare(path, "--output", str(tmp_path / "o"), "--still_side", "-1") == 2
     assert "--still_side -1: must be 0 or more" in capsys.readouterr().err
 
 
