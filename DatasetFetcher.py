@@ -275,7 +275,7 @@ def install(root: str, output: str, renumber: bool) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = cli.ArgumentParser(
         description="Download Vimeo-90K septuplets (resumable, verified, safely extracted).")
     parser.add_argument("--url", default=DEFAULT_URL,
                         help="zip archive to fetch (default: the clean test set the original "

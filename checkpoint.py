@@ -30,6 +30,8 @@ TRAIN_STATE_VERSION = 1
 _WRAPPER_KEYS = ("netG", "params_ema", "params", "state_dict", "model")
 # Prefixes added by DataParallel / DistributedDataParallel and by torch.compile.
 _PREFIXES = ("module.", "_orig_mod.")
+# What a weights file is called; the first is what a model card's weights are usually in.
+WEIGHTS_SUFFIXES = (".pth", ".safetensors", ".pt")
 
 
 class CheckpointError(cli.CLIError):
@@ -38,11 +40,41 @@ class CheckpointError(cli.CLIError):
 
 def _check_file(path: Path) -> None:
     if not path.exists():
-        raise CheckpointError(f"{path}: no such file")
+        raise CheckpointError(f"{path}: no such file ({snapshots_beside(path)})")
     if path.is_dir():
         raise CheckpointError(f"{path}: is a directory, expected a weights file")
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path}: the file is empty")
+    if path.suffix.lower() == ".json":  # torch would call it a pickle with an unknown opcode
+        weights = next((w for w in map(path.with_suffix, WEIGHTS_SUFFIXES) if w.is_file()),
+                       path.with_suffix(".pth"))
+        there = "" if weights.is_file() else " (not there)"
+        raise CheckpointError(f"{path}: a model card (JSON), not weights; the weights beside it: "
+                              f"{weights}{there}")
+
+
+def _natural_key(name: str) -> list:
+    """``netG_epoch_4_20`` after ``netG_epoch_4_3``: numbers compare as numbers."""
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part)
+            for part in re.split(r"(\d+)", name)]
+
+
+def snapshots_beside(path: str | os.PathLike, limit: int = 4) -> str:
+    """What the folder of a missing weights file holds, for its error message: the weights
+    files there, highest numbers first (a mistyped epoch is the usual slip), or that the folder
+    does not exist."""
+    folder = Path(path).parent
+    where = "the current folder" if str(folder) == "." else str(folder)
+    if not folder.is_dir():
+        return f"{where} does not exist"
+    found = sorted((p.name for p in folder.iterdir()
+                    if p.suffix.lower() in WEIGHTS_SUFFIXES and p.is_file()),
+                   key=_natural_key, reverse=True)
+    if not found:
+        return f"{where} has no weights files ({', '.join(WEIGHTS_SUFFIXES)})"
+    more = f", ... {len(found) - limit} more" if len(found) > limit else ""
+    return (f"{where} has {len(found)} weights file{'s' if len(found) > 1 else ''}: "
+            f"{', '.join(found[:limit])}{more}")
 
 
 def _load_error(path: Path, err: Exception) -> CheckpointError:

@@ -8,6 +8,7 @@ and anything else is rejected by argparse with the flag's name.
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 import random
 import re
@@ -15,6 +16,7 @@ import sys
 import traceback
 import types
 from collections.abc import Callable, Mapping, Sequence
+from typing import NoReturn
 
 import numpy as np
 import torch
@@ -63,6 +65,36 @@ class Options(types.SimpleNamespace):
 
     def to_dict(self) -> dict:
         return dict(vars(self))
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser with the project's one-line errors: a bad command line gets one
+    ``error: ...`` line and exit status 2, without the usage (which ``--help`` prints as
+    argparse does); a misspelled flag gets the closest real one (``--vidoe`` -> ``--video``).
+    Unambiguous prefixes (``--vid``) stay accepted, as the original's scripts accepted them."""
+
+    def parse_args(self, args: Sequence[str] | None = None,
+                   namespace: argparse.Namespace | None = None) -> argparse.Namespace:
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            self.error(self.unrecognized(extras))
+        return parsed
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message}\n")
+
+    def unrecognized(self, extras: Sequence[str]) -> str:
+        """What is wrong with arguments no option or positional took: the unknown flags, each
+        with the closest real flag, or else the stray values."""
+        flags = [e.split("=", 1)[0] for e in extras if e.startswith("-") and len(e) > 1]
+        if not flags:
+            return f"unexpected argument{'s' if len(extras) > 1 else ''} {' '.join(extras)}"
+        known = [s for action in self._actions for s in action.option_strings]
+        named = []
+        for flag in flags:
+            close = difflib.get_close_matches(flag, known, n=1)
+            named.append(f"{flag} (did you mean {close[0]}?)" if close else flag)
+        return f"unrecognized argument{'s' if len(flags) > 1 else ''} {', '.join(named)}"
 
 
 def str2bool(value: str | bool) -> bool:
@@ -179,15 +211,18 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def loader_workers(requested: int, flag: str = "--threads") -> int:
+def loader_workers(requested: int, flag: str = "--threads", default: int | None = None) -> int:
     """DataLoader worker processes: as asked, but at most one per available core. More only
     compete for the same cores (and make PyTorch print a three-line warning), so the count is
-    capped, with a one-line note naming ``flag``."""
+    capped, with a one-line note saying what is used and naming ``flag``. ``requested`` equal
+    to the flag's ``default`` is worded as the default (the user most likely gave no flag)."""
     cores = available_cores()
     if requested <= cores:
         return requested
-    print(f"note: {flag} {requested}: this machine has {cores} CPU cores; using {cores} data "
-          "loader workers", file=sys.stderr)
+    asked = (f"{flag} defaults to {requested}" if requested == default
+             else f"{flag} asks for {requested}")
+    print(f"note: using {cores} data loader worker{'s' if cores > 1 else ''} (one per CPU "
+          f"core; {asked})", file=sys.stderr)
     return cores
 
 

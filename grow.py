@@ -165,7 +165,7 @@ def grow(state_dict: Mapping[str, torch.Tensor], config: rbpn.ModelConfig, base_
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Grow a trained RBPN generator into a wider and "
+    p = cli.ArgumentParser(description="Grow a trained RBPN generator into a wider and "
                                             "deeper one with the same output (Net2Net).")
     p.add_argument("model", help="the trained generator's weights (.pth); the sizes are read "
                                  "from its tensors")

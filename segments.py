@@ -117,6 +117,20 @@ def plan(total: int, segment_frames: int, first_segment: int | None = None) -> l
                                                                          strict=True))]
 
 
+def describe_plan(segments: Sequence[Segment]) -> str:
+    """The segments in words, the first (measured) one apart and each counted once: "14
+    segments: the first of 2 frames, then 13 of 4" (the original wording, "13 segments of 4
+    frames after the first 2", read as 13 more)."""
+    sizes = [s.frames for s in segments]
+    if len(sizes) == 1:
+        return f"1 segment of {sizes[0]} frame{'s' if sizes[0] > 1 else ''}"
+    rest, last = sizes[1:], ""
+    if rest[-1] != rest[0]:  # the frames left over for the last one
+        last = f" and the last of {rest.pop()}"
+    return (f"{len(sizes)} segments: the first of {sizes[0]} frames, then {len(rest)} of "
+            f"{rest[0]}{last}")
+
+
 def automatic_size(seconds_per_frame: float, remaining: int, processes: int, batch: int) -> int:
     """Frames per segment for about ``SEGMENT_SECONDS`` of work, but no more than an equal
     share of the ``remaining`` frames per process (so that every process gets work), rounded
@@ -567,8 +581,7 @@ class SegmentedRun:
                                        if remaining else first.frames)
             manifest.done = [0]
             manifest.save()
-            tqdm.write(f"{self.folder}: {len(manifest.segments())} segments of "
-                       f"{manifest.segment_frames} frames after the first {first.frames} "
+            tqdm.write(f"{self.folder}: {describe_plan(manifest.segments())} "
                        f"({per_frame:.3g} s per frame)", file=sys.stderr)
             return manifest
 

@@ -73,6 +73,14 @@ class Frame:
     index: int
 
 
+def reason(err: BaseException) -> str:
+    """What went wrong, without the ``[Errno N]`` and the file name that PyAV's (and the OS's)
+    errors add (the message names the file already): ``[Errno 1094995529] Invalid data found
+    when processing input: 'x.mp4'`` -> ``invalid data found when processing input``."""
+    text = (getattr(err, "strerror", None) or str(err)).strip()
+    return text[:1].lower() + text[1:] if text[1:2].islower() else text
+
+
 def _open_input(path: str | os.PathLike) -> av.container.InputContainer:
     path = Path(path)
     if not path.is_file():
@@ -80,7 +88,7 @@ def _open_input(path: str | os.PathLike) -> av.container.InputContainer:
     try:
         container = av.open(str(path))
     except (av.FFmpegError, OSError, UnicodeDecodeError) as err:
-        raise VideoError(f"cannot read video {path}: {err}") from None
+        raise VideoError(f"cannot read video {path}: {reason(err)}") from None
     if not container.streams.video:
         container.close()
         raise VideoError(f"cannot read video {path}: it has no video stream")
@@ -178,7 +186,8 @@ class VideoReader:
                 yield index, pts, frame
                 index += 1
         except av.FFmpegError as err:
-            raise VideoError(f"cannot decode video {self.path} at frame {index}: {err}") from None
+            raise VideoError(f"cannot decode video {self.path} at frame {index}: "
+                             f"{reason(err)}") from None
         if index - first_index < len(timestamps):
             raise VideoError(f"cannot read video {self.path}: it ends at frame {index}, before "
                              f"frame {first_index + len(timestamps) - 1} (add --restart if it "
@@ -223,7 +232,7 @@ class VideoReader:
                 count += 1
         except av.FFmpegError as err:
             raise VideoError(f"cannot decode video {self.path} after {count} frames: "
-                             f"{err}") from None
+                             f"{reason(err)}") from None
         if count == 0:
             raise VideoError(f"cannot read video {self.path}: no frames"
                              + (f" after --start_time {self.start_time:g}" if self.start_time
@@ -397,7 +406,7 @@ class VideoWriter:
         try:
             self._container = av.open(str(self._pending.tmp), "w", format=_format_for(self.path))
         except (av.FFmpegError, ValueError, OSError) as err:
-            raise VideoError(f"cannot write {self.path}: {err}") from None
+            raise VideoError(f"cannot write {self.path}: {reason(err)}") from None
         self._audio = None
         try:
             stream = self._container.add_stream("libx264", rate=self._fps)
@@ -438,7 +447,7 @@ class VideoWriter:
         try:
             self._container.mux(self._stream.encode(frame))
         except (av.FFmpegError, OSError) as err:
-            raise VideoError(f"cannot write {self.path}: {err}") from None
+            raise VideoError(f"cannot write {self.path}: {reason(err)}") from None
         self.frames += 1
 
     def close(self) -> None:
@@ -454,7 +463,7 @@ class VideoWriter:
             self._pending.commit()
         except (av.FFmpegError, OSError) as err:
             self.abort()
-            raise VideoError(f"cannot write {self.path}: {err}") from None
+            raise VideoError(f"cannot write {self.path}: {reason(err)}") from None
         except BaseException:
             self.abort()
             raise
@@ -532,7 +541,7 @@ def join(parts: Sequence[tuple[Path, int]], path: str | os.PathLike, *, time_bas
         pending.commit()
     except (av.FFmpegError, OSError, ValueError) as err:
         _discard(output, audio, pending)
-        raise VideoError(f"cannot write {path}: {err}") from None
+        raise VideoError(f"cannot write {path}: {reason(err)}") from None
     except BaseException:
         _discard(output, audio, pending)
         raise
@@ -654,7 +663,7 @@ def check_output_format(path: str | os.PathLike, audio_codec: str | None = None)
         with av.open(io.BytesIO(), "w", format=muxer) as probe:
             codecs = set(probe.supported_codecs)
     except (av.FFmpegError, ValueError) as err:
-        raise VideoError(f"cannot write {path}: {err}") from None
+        raise VideoError(f"cannot write {path}: {reason(err)}") from None
     if "libx264" not in codecs:
         raise VideoError(f"cannot write H.264 into {path.suffix} files ({path}); use .mp4, "
                          ".mkv or .mov")

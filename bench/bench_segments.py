@@ -107,9 +107,10 @@ def upscale(command: list[str], output: Path, frames: int, threads: int | None) 
     count = int(re.search(r"\((\d+) frames,", line)[1])
     if count != frames:
         raise cli.CLIError(f"{output}: {count} frames, expected {frames}")
-    sizes = re.findall(r"(\d+) segments of (\d+) frames", done.stderr)
+    # "8 segments of 5 frames", or for the automatic size "2 segments: the first of 2 ..."
+    counts = re.findall(r"(\d+) segments(?: of \d+ frames|:)", done.stderr)
     return {"wall_s": wall, "fps": float(re.search(r"\(([\d.]+) frames/s", line)[1]),
-            "segments": sizes[-1][0] if sizes else "1"}
+            "segments": counts[-1] if counts else "1"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -28,7 +28,7 @@ from pyflow.visualize import flow_to_color
 
 def build_parser() -> argparse.ArgumentParser:
     defaults = pyflow.ISEEBETTER_PARAMS
-    parser = argparse.ArgumentParser(
+    parser = cli.ArgumentParser(
         description="Coarse2Fine optical flow from IMAGE1 to IMAGE2 (pixel (x, y) of IMAGE1 "
                     "matches (x + u, y + v) of IMAGE2). Defaults: the parameters iSeeBetter "
                     "(and pyflow's own demo) use.")

@@ -243,3 +243,40 @@ def test_model_card_is_read_beside_the_weights(tmp_path):
         card.write_text(bad)
         with pytest.raises(checkpoint.CheckpointError, match=message):
             checkpoint.read_model_card(weights)
+
+
+def test_a_model_card_given_as_the_weights_names_the_weights_beside_it(tmp_path, tiny_state):
+    checkpoint.save_weights(tiny_state, tmp_path / "x.pth")
+    card = tmp_path / "x.json"
+    card.write_text('{"residual": true}')
+    message = one_line_error(checkpoint.load_state_dict, card)
+    assert message == (f"{card}: a model card (JSON), not weights; the weights beside it: "
+                       f"{tmp_path / 'x.pth'}")
+    (tmp_path / "x.pth").unlink()
+    checkpoint.save_weights(tiny_state, tmp_path / "x.safetensors")
+    assert one_line_error(checkpoint.load_state_dict, card).endswith(
+        f"the weights beside it: {tmp_path / 'x.safetensors'}")
+    lone = tmp_path / "lone.json"
+    lone.write_text("{}")
+    assert one_line_error(generator.load_generator, lone).endswith(
+        f"the weights beside it: {tmp_path / 'lone.pth'} (not there)")
+
+
+def test_a_missing_weights_file_lists_the_snapshots_in_its_folder(tmp_path, tiny_state):
+    run = tmp_path / "runs" / "x"
+    run.mkdir(parents=True)
+    checkpoint.save_weights(tiny_state, run / "netG_epoch_4_3.pth")
+    message = one_line_error(checkpoint.load_state_dict, run / "netG_epoch_4_20.pth")
+    assert message == (f"{run / 'netG_epoch_4_20.pth'}: no such file ({run} has 1 weights "
+                       "file: netG_epoch_4_3.pth)")
+    for epoch in (1, 2, 10, 20):  # highest first, numbers as numbers
+        (run / f"netG_epoch_4_{epoch}.pth").write_bytes(b"x")
+    (run / "notes.txt").write_text("not weights")
+    assert checkpoint.snapshots_beside(run / "netG_epoch_4_30.pth") == (
+        f"{run} has 5 weights files: netG_epoch_4_20.pth, netG_epoch_4_10.pth, "
+        "netG_epoch_4_3.pth, netG_epoch_4_2.pth, ... 1 more")
+    assert one_line_error(checkpoint.load_state_dict, tmp_path / "runs" / "y" / "w.pth") == (
+        f"{tmp_path / 'runs' / 'y' / 'w.pth'}: no such file ({tmp_path / 'runs' / 'y'} does not "
+        "exist)")
+    assert checkpoint.snapshots_beside(tmp_path / "runs" / "w.pth") == (
+        f"{tmp_path / 'runs'} has no weights files (.pth, .safetensors, .pt)")

@@ -151,5 +151,55 @@ def test_loader_workers_are_capped_at_the_cores(monkeypatch, capsys):
     assert cli.loader_workers(1) == 1 and cli.loader_workers(2) == 2
     assert capsys.readouterr().err == ""
     assert cli.loader_workers(8, "--threads") == 2
-    assert capsys.readouterr().err == ("note: --threads 8: this machine has 2 CPU cores; using 2 "
-                                       "data loader workers\n")
+    assert capsys.readouterr().err == ("note: using 2 data loader workers (one per CPU core; "
+                                       "--threads asks for 8)\n")
+    # Left at its default, the flag is not quoted as if the user had asked.
+    assert cli.loader_workers(8, "--threads", default=8) == 2
+    assert capsys.readouterr().err == ("note: using 2 data loader workers (one per CPU core; "
+                                       "--threads defaults to 8)\n")
+    monkeypatch.setattr(cli, "available_cores", lambda: 1)
+    assert cli.loader_workers(4, "--workers") == 1
+    assert capsys.readouterr().err == ("note: using 1 data loader worker (one per CPU core; "
+                                       "--workers asks for 4)\n")
+
+
+def make_script_parser() -> argparse.ArgumentParser:
+    import cli
+
+    parser = cli.ArgumentParser(prog="script.py", description="A script.")
+    parser.add_argument("--video", nargs="+", help="input videos")
+    parser.add_argument("-m", "--model", default="weights/x.pth", help="weights")
+    parser.add_argument("--crf", type=int, default=18, help="quality")
+    add_bool_flag(parser, "--future_frame", default=True, help="use future frames")
+    return parser
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--vidoe", "x.mp4"], "unrecognized argument --vidoe (did you mean --video?)"),
+    (["--video", "x.mp4", "--modle=y.pth"],
+     "unrecognized argument --modle (did you mean --model?)"),
+    (["--vidoe", "x.mp4", "--crff", "3"],
+     "unrecognized arguments --vidoe (did you mean --video?), --crff (did you mean --crf?)"),
+    (["--video", "x.mp4", "--zzz"], "unrecognized argument --zzz"),
+    (["stray", "words"], "unexpected arguments stray words"),
+    (["--crf", "high"], "argument --crf: invalid int value: 'high'"),
+])
+def test_a_bad_command_line_is_one_line_with_the_closest_flag(argv, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        make_script_parser().parse_args(argv)
+    assert exc.value.code == 2
+    assert capsys.readouterr().err == f"error: {message}\n"  # no usage before it
+
+
+def test_the_script_parser_keeps_prefixes_and_the_help(capsys):
+    args = make_script_parser().parse_args(["--vid", "x.mp4", "--mod", "y.pth"])
+    assert (args.video, args.model) == (["x.mp4"], "y.pth")
+    plain = argparse.ArgumentParser(prog="script.py", description="A script.")
+    plain.add_argument("--video", nargs="+", help="input videos")
+    plain.add_argument("-m", "--model", default="weights/x.pth", help="weights")
+    plain.add_argument("--crf", type=int, default=18, help="quality")
+    add_bool_flag(plain, "--future_frame", default=True, help="use future frames")
+    assert make_script_parser().format_help() == plain.format_help()
+    with pytest.raises(SystemExit) as exc:
+        make_script_parser().parse_args(["--help"])
+    assert exc.value.code == 0 and capsys.readouterr().out == plain.format_help()

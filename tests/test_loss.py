@@ -1,17 +1,13 @@
-"""Losses: TV against the original's value, each four-fold term alone and together, gradient
-flow, and how the VGG16 weights are found (or clearly not found)."""
+"""Losses: TV against the original's value, each four-fold term alone and together, the
+perceptual-only loss, and gradient flow (the VGG16's weights: test_backbones.py)."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-import checkpoint
-import cli
 import loss
 from SRGAN.model import Discriminator
 
@@ -20,14 +16,6 @@ from SRGAN.model import Discriminator
 def random_vgg_loss() -> loss.GeneratorLoss:
     torch.manual_seed(0)
     return loss.GeneratorLoss("fourfold", random_vgg=True)
-
-
-@pytest.fixture
-def no_vgg_anywhere(tmp_path, monkeypatch) -> Path:
-    """Neither the repository's weights/ nor the torch hub cache holds the VGG file."""
-    monkeypatch.setattr(loss, "WEIGHTS_DIR", tmp_path / "weights")
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
-    return tmp_path
 
 
 def test_tv_loss_matches_the_original(shared_fixtures):
@@ -109,7 +97,24 @@ def test_fourfold_needs_the_discriminator_scores(random_vgg_loss):
 
 def test_unknown_loss_type_is_refused():
     with pytest.raises(ValueError, match="loss_type"):
-        loss.GeneratorLoss("perceptual")
+        loss.GeneratorLoss("vgg")
+
+
+def test_perceptual_loss_is_mse_plus_vgg_without_a_discriminator(random_vgg_loss):
+    torch.manual_seed(6)
+    criterion = loss.GeneratorLoss("perceptual", random_vgg=True)
+    criterion.loss_network = random_vgg_loss.loss_network  # the same VGG as the four-fold's
+    sr, hr = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
+    total, terms = criterion(None, sr, hr)  # needs no D(fake)
+    assert set(terms) == {"image", "perceptual"} and criterion.terms == ("image", "perceptual")
+    vgg = criterion.loss_network
+    with torch.no_grad():
+        perceptual = F.mse_loss(vgg(sr), vgg(hr))
+    torch.testing.assert_close(terms["perceptual"], perceptual)
+    torch.testing.assert_close(total, F.mse_loss(sr, hr) + 0.006 * perceptual)
+    _, fourfold = random_vgg_loss(torch.rand(2, 1), sr, hr)
+    torch.testing.assert_close(fourfold["perceptual"], terms["perceptual"])
+    assert loss.ADVERSARIAL_LOSSES == ("fourfold",)
 
 
 def test_vgg_refuses_images_too_small_for_its_five_poolings(random_vgg_loss):
@@ -117,70 +122,3 @@ def test_vgg_refuses_images_too_small_for_its_five_poolings(random_vgg_loss):
         random_vgg_loss.loss_network(torch.rand(1, 3, 31, 40))
 
 
-def test_random_vgg_is_announced_loudly(capsys):
-    loss.build_vgg(random_init=True)
-    assert "RANDOMLY INITIALISED VGG16" in capsys.readouterr().err
-
-
-def test_imagenet_normalisation_option():
-    torch.manual_seed(3)
-    vgg = loss.build_vgg(random_init=True, imagenet_norm=True)
-    x = torch.rand(1, 3, 32, 32)
-    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
-    with torch.no_grad():
-        torch.testing.assert_close(vgg(x), vgg.features((x - mean) / std))
-    assert not loss.VGG16Features().imagenet_norm  # the original's default: no normalisation
-
-
-def fake_torchvision_file(path: Path) -> dict[str, torch.Tensor]:
-    """A file laid out like torchvision's vgg16 weights (features.* plus classifier.*)."""
-    torch.manual_seed(4)
-    features = loss.build_vgg(random_init=True).state_dict()
-    state = {**features, "classifier.0.weight": torch.zeros(2, 2)}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(state, path)
-    return features
-
-
-def test_vgg_weights_load_from_a_path_and_from_the_search_folders(no_vgg_anywhere):
-    features = fake_torchvision_file(no_vgg_anywhere / "elsewhere" / loss.VGG16_FILE)
-    vgg = loss.build_vgg(no_vgg_anywhere / "elsewhere" / loss.VGG16_FILE, download=False)
-    for key, value in vgg.state_dict().items():
-        torch.testing.assert_close(value, features[key])
-    assert loss.find_vgg_weights(no_vgg_anywhere / "elsewhere") == \
-        no_vgg_anywhere / "elsewhere" / loss.VGG16_FILE  # a folder holding the file works too
-    hub_file = no_vgg_anywhere / "torch_home" / "hub" / "checkpoints" / loss.VGG16_FILE
-    hub_file.parent.mkdir(parents=True)
-    (no_vgg_anywhere / "elsewhere" / loss.VGG16_FILE).rename(hub_file)
-    assert loss.find_vgg_weights(download=False) == hub_file
-    loss.WEIGHTS_DIR.mkdir()
-    (loss.WEIGHTS_DIR / loss.VGG16_FILE).write_bytes(b"")
-    assert loss.find_vgg_weights(download=False) == loss.WEIGHTS_DIR / loss.VGG16_FILE
-
-
-def test_missing_vgg_weights_give_one_clear_error(no_vgg_anywhere, monkeypatch):
-    with pytest.raises(cli.CLIError) as err:
-        loss.GeneratorLoss("fourfold", vgg_weights=no_vgg_anywhere / "nope.pth")
-    assert "--vgg_weights" in str(err.value) and "nope.pth" in str(err.value)
-
-    with pytest.raises(cli.CLIError) as err:
-        loss.build_vgg(download=False)
-    message = str(err.value)
-    assert loss.VGG16_FILE in message and "--vgg_weights" in message
-    assert "--random_vgg" in message and "\n" not in message
-
-    def offline(target):
-        raise OSError("network is unreachable")
-
-    monkeypatch.setattr(loss, "_download_vgg", offline)
-    with pytest.raises(cli.CLIError, match="could not be downloaded.*unreachable.*--random_vgg"):
-        loss.build_vgg()
-
-
-def test_a_wrong_vgg_file_is_refused(tmp_path):
-    path = tmp_path / loss.VGG16_FILE
-    torch.save({"features.0.weight": torch.zeros(64, 3, 5, 5)}, path)
-    with pytest.raises(checkpoint.CheckpointError, match="VGG16 weights.*missing 25 keys.*"
-                                                         "shapes differ"):
-        loss.build_vgg(path)

@@ -13,8 +13,8 @@ import torch
 import checkpoint
 import dbpn
 import rbpn
+from backbones import VGG16Features
 from base_networks import ConvBlock, ResnetBlock, init_weights, make_activation
-from loss import VGG16Features
 from SRGAN.model import Discriminator, Generator
 
 SCALES = (2, 4, 8)

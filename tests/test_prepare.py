@@ -98,7 +98,11 @@ def test_bad_inputs_give_one_line_errors(video, tmp_path, capsys):
     junk = tmp_path / "junk.mp4"
     junk.write_bytes(b"not a video")
     assert prepare(str(junk), "--output", str(tmp_path / "o")) == 2
-    assert "junk.mp4: cannot open the video" in capsys.readouterr().err
+    assert capsys.readouterr().err.splitlines() == [
+        f"warning: skipping {junk}: cannot open the video (invalid data found when processing "
+        "input)",
+        "error: no septuplet was written: the input is unreadable as a video or an image (see "
+        "the warnings above)"]
     assert prepare(video, "--output", str(tmp_path / "o"), "--crops", "2") == 2
     assert "--crops > 1 needs --crop random" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "o" / "sep_trainlist.txt")
@@ -203,8 +207,26 @@ def test_a_video_shorter_than_seven_sampled_frames_is_skipped_with_a_warning(vid
     # alone, it is still the one-line error
     assert prepare(short, "--output", str(tmp_path / "o"), "--size", "48x32",
                    "--frame_stride", "2") == 2
-    assert "no septuplet was written" in capsys.readouterr().err
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "error: no septuplet was written: the videos are shorter than 7 sampled frames or every "
+        "window spans a scene cut")
     assert not (tmp_path / "o" / "sep_trainlist.txt").exists()
+
+
+def test_when_every_input_is_unreadable_the_error_says_so(video, tmp_path, capsys):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("some notes\nmore notes\n")
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(b"not a png")
+    assert prepare(str(notes), str(photo), "--output", str(tmp_path / "o")) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert [line.split(":")[0] for line in err] == ["warning", "warning", "error"]
+    assert err[-1] == ("error: no septuplet was written: all 2 inputs are unreadable as a video "
+                       "or an image (see the warnings above)")
+    short = write_video(tmp_path / "short.mov", source_frames()[:3])
+    assert prepare(str(notes), short, "--output", str(tmp_path / "p"), "--size", "48x32") == 2
+    assert capsys.readouterr().err.splitlines()[-1].endswith(
+        "spans a scene cut (1 of 2 inputs unreadable)")
 
 
 def test_inputs_after_the_limit_are_never_opened(video, tmp_path, capsys, monkeypatch):

@@ -83,3 +83,29 @@ def test_alone_errors_are_raised_as_they_are():
     with pytest.raises(cli.CLIError, match="model file not found"):
         ranks.first_then_others(fail)
     assert ranks.first_then_others(lambda: 7) == 7
+
+
+def test_waiting_polls_once_more_when_everyone_has_arrived(monkeypatch):
+    """The last rank finishes its work, then arrives: rank 0's poll must see that work (its
+    progress bar stopped at 7/12 when the barrier completed between two polls)."""
+    import ranks as ranks_module
+
+    arrivals = iter([False, False, True])  # complete at the third look
+
+    class Barrier:
+        def is_completed(self) -> bool:
+            return next(arrivals)
+
+        def wait(self) -> None:
+            pass
+
+    monkeypatch.setattr(ranks_module.dist, "barrier", lambda async_op: Barrier())
+    seen = []
+    Ranks(0, 2).wait(poll=lambda: seen.append(len(seen)), interval=0)
+    assert seen == [0, 1, 2]  # two while waiting, one after everyone arrived
+    arrivals = iter([True])  # all had arrived already: the one poll is the final one
+    seen.clear()
+    Ranks(0, 2).wait(poll=lambda: seen.append(len(seen)), interval=0)
+    assert seen == [0]
+    arrivals = iter([True])
+    Ranks(1, 2).wait(interval=0)  # no poll: nothing to call

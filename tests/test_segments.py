@@ -230,7 +230,7 @@ def test_other_settings_or_a_changed_input_are_refused_until_restart(clip, tmp_p
     assert run.run(encode).resumed == 0 and encode.calls == [0, 1, 2, 3, 4]
 
 
-def test_the_automatic_size_comes_from_the_first_segment(clip, tmp_path, monkeypatch):
+def test_the_automatic_size_comes_from_the_first_segment(clip, tmp_path, monkeypatch, capsys):
     """A clock that advances 0.05 s at each reading: every batch takes 0.05 s, and 0.25 s of
     work is 5 frames."""
     ticks = iter(range(1000))
@@ -238,11 +238,57 @@ def test_the_automatic_size_comes_from_the_first_segment(clip, tmp_path, monkeyp
     monkeypatch.setattr(segments, "SEGMENT_SECONDS", 0.25)
     run, encode = make_run(clip, tmp_path / "out.mp4", keep=True)
     outcome = run.run(encode)
+    # Each segment counted once: the measured one, then the others.
+    assert (f"{outcome.folder}: 6 segments: the first of 2 frames, then 4 of 5 and the last of "
+            "1 (0.05 s per frame)") in capsys.readouterr().err.splitlines()
     manifest = json.loads((outcome.folder / segments.MANIFEST).read_text())
     assert manifest["first_segment"] == 2  # two batches of 1: the second is timed
     assert manifest["segment_frames"] == 5
     assert outcome.joined.frames == 23
     assert encode.calls == list(range(len(segments.plan(23, manifest["segment_frames"], 2))))
+
+
+def test_the_plan_in_words_counts_each_segment_once():
+    assert segments.describe_plan(segments.plan(54, 4, 2)) == (
+        "14 segments: the first of 2 frames, then 13 of 4")
+    assert segments.describe_plan(segments.plan(12, 4, 2)) == (
+        "4 segments: the first of 2 frames, then 2 of 4 and the last of 2")
+    assert segments.describe_plan(segments.plan(2, 2, 2)) == "1 segment of 2 frames"
+    assert segments.describe_plan(segments.plan(1, 1, 2)) == "1 segment of 1 frame"
+
+
+class RankZeroOfTwo(Ranks):
+    """Rank 0 of a job of two, without a process group: what rank 0 decides is everyone's."""
+
+    def from_first(self, make):
+        return make()
+
+
+def test_rank_zero_s_bar_counts_what_the_other_rank_finished_last(clip, tmp_path, monkeypatch):
+    """Rank 1 finishes its last segment and arrives at the barrier between two of rank 0's
+    looks: rank 0's bar must count it (it stopped at rank 0's own 13 of 23 frames)."""
+    import ranks
+
+    output = tmp_path / "out.mp4"
+    reader = video.VideoReader(clip)
+    encode = Doubler(reader)
+    run = SegmentedRun(reader.info, output, SETTINGS, RankZeroOfTwo(0, 2), reader.timestamps,
+                       segment_frames=5)
+
+    def rank_one_finishes_then_arrives(async_op: bool) -> SimpleNamespace:
+        folder = segments.work_folder(output)
+        manifest, timestamps = segments.Manifest.load(folder), reader.timestamps()
+        other = SegmentedRun(reader.info, output, SETTINGS, Ranks(1, 2), reader.timestamps,
+                             segment_frames=5)
+        for segment in Ranks(1, 2).share(manifest.segments()):
+            other._encode(segment, manifest, timestamps,
+                          segments.output_ticks(timestamps, False), encode)
+        return SimpleNamespace(is_completed=lambda: True, wait=lambda: None)
+
+    monkeypatch.setattr(ranks.dist, "barrier", rank_one_finishes_then_arrives)
+    outcome = run.run(encode)
+    assert sorted(encode.calls) == [0, 1, 2, 3, 4] and outcome.joined.frames == 23
+    assert run._bar.n == run._bar.total == 23
 
 
 def test_a_folder_or_file_in_the_way_is_left_alone_even_with_restart(clip, tmp_path):

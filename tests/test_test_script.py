@@ -19,9 +19,10 @@ import torch
 from PIL import Image
 
 import checkpoint
+import cli
 import frames
 import rbpn
-from metrics import score
+from metrics import LPIPS, score, tof_crop
 from tests.conftest import ROOT
 from tests.test_video import audio_packets, stream_summary, write_clip
 
@@ -101,6 +102,17 @@ def test_dataset_mode_scores_every_frame_and_writes_outputs(tiny_model, frames_d
     assert [all(k in r for k in temporal) for r in report["frames"]] == [
         False, True, True, False, True]
     assert report["clips"]["beta"]["tof"] == report["frames"][4]["tof"]
+    # LPIPS for every frame, tLP from each clip's second frame, for ours and bicubic.
+    assert all("lpips" in r and "bicubic_lpips" in r for r in report["frames"])
+    assert [("tlp" in r and "bicubic_tlp" in r) for r in report["frames"]] == [
+        False, True, True, False, True]
+    assert "LPIPS-alex v0.1 from " in result.stderr and "tLPx100" in result.stdout
+    lpips = LPIPS("alex")
+    for row in report["frames"][:2]:
+        saved = np.asarray(Image.open(out / row["clip"] / f"{row['frame']}.png"))
+        hr = frames.modcrop(Image.open(frames_dir / row["clip"] / f"{row['frame']}.png"), 4)
+        assert row["lpips"] == pytest.approx(lpips(tof_crop(saved), tof_crop(np.asarray(hr))),
+                                             rel=1e-6)
     assert any(line.startswith("precision ") and "(auto: " in line  # what ran, and why
                for line in result.stderr.splitlines())
     # Every frame of every batch is scored, on what was saved, against the modcropped frame.
@@ -143,8 +155,19 @@ def test_no_temporal_metrics_scores_frames_alone(tiny_model, frames_dir, work):
     assert result.returncode == 0, result.stderr
     report = json.loads((out / "metrics.json").read_text())
     assert len(report["frames"]) == 5 and "psnr_y" in report["frames"][1]
-    assert not any("warp_error" in row for row in report["frames"])
+    assert not any("warp_error" in row or "tlp" in row for row in report["frames"])
+    assert "lpips" in report["frames"][0]  # LPIPS is not temporal: still there
     assert "tOF" not in result.stdout
+
+
+def test_no_lpips_scores_without_the_network(tiny_model, frames_dir, work):
+    out = work / "no_lpips"
+    result = run("--data_dir", frames_dir, "--file_list", "all.txt", "-m", tiny_model,
+                 "-o", out, "--no-lpips", "--no-gpu_mode")
+    assert result.returncode == 0, result.stderr
+    report = json.loads((out / "metrics.json").read_text())
+    assert "psnr_y" in report["frames"][0] and "lpips" not in report["frames"][0]
+    assert "LPIPS" not in result.stderr + result.stdout
 
 
 def test_self_ensemble_is_recorded_and_changes_the_output(tiny_model, frames_dir, work):
@@ -217,7 +240,7 @@ def test_no_arguments_without_the_bundled_weights_says_so(tmp_path):
 
 def test_clear_errors(tiny_model, clip, frames_dir, work, tmp_path):
     assert_one_error_line(run("--video", clip, "-m", tmp_path / "nope.pth"),
-                          "model file not found", "nope.pth")
+                          "model file not found", "nope.pth", f"({tmp_path} has no weights files")
     assert_one_error_line(run("--video", clip, "-m", tiny_model, "-s", 2, "-o", tmp_path / "x.mp4"),
                           "-s/--upscale_factor 2", "x4")
     bad = tmp_path / "bad.mp4"
@@ -238,6 +261,60 @@ def test_clear_errors(tiny_model, clip, frames_dir, work, tmp_path):
 
 
 @pytest.mark.shared_data
+def test_a_misspelled_flag_is_one_line_naming_the_flag_meant(capsys):
+    import iSeeBetterTest
+
+    with pytest.raises(SystemExit) as exc:
+        iSeeBetterTest.parse_args(["--vidoe", "x.mp4"])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err == (
+        "error: unrecognized argument --vidoe (did you mean --video?)\n")
+    assert iSeeBetterTest.parse_args(["--vid", "x.mp4"]).video == ["x.mp4"]  # as the original
+
+
+def test_a_missing_or_wrong_model_file_says_what_to_pass(tiny_model, tmp_path):
+    import iSeeBetterTest
+
+    run_folder = tmp_path / "runs" / "x"
+    run_folder.mkdir(parents=True)
+    shutil.copy(tiny_model, run_folder / "netG_epoch_4_3.pth")
+    cpu = torch.device("cpu")
+    with pytest.raises(cli.CLIError) as err:
+        iSeeBetterTest.read_model(str(run_folder / "netG_epoch_4_20.pth"), cpu)
+    assert str(err.value) == (f"model file not found: {run_folder / 'netG_epoch_4_20.pth'} "
+                              f"({run_folder} has 1 weights file: netG_epoch_4_3.pth)")
+    card = run_folder / "netG_epoch_4_3.json"
+    card.write_text("{}")
+    with pytest.raises(cli.CLIError) as err:
+        iSeeBetterTest.read_model(str(card), cpu)
+    assert str(err.value) == (f"-m/--model {card}: a model card (JSON), not weights; the "
+                              f"weights beside it: {run_folder / 'netG_epoch_4_3.pth'}")
+    card.write_text('{"residual": "yes"}')  # about the card, not -m's file: named as it is
+    with pytest.raises(cli.CLIError) as err:
+        iSeeBetterTest.read_model(str(run_folder / "netG_epoch_4_3.pth"), cpu)
+    assert str(err.value).startswith(f"{card}: ")
+
+
+def test_bars_end_on_the_summary_s_means_and_the_last_line_names_the_metrics_files(
+        tiny_model, clip, frames_dir, work):
+    out = work / "means"
+    result = run("--data_dir", frames_dir, "--file_list", "all.txt", "-m", tiny_model, "-o", out,
+                 "--no-lpips", "--no-temporal_metrics", "--no-gpu_mode")
+    assert result.returncode == 0, result.stderr
+    beta = json.loads((out / "metrics.json").read_text())["clips"]["beta"]
+    assert (f"beta mean PSNR-Y {beta['psnr_y']:.2f} (bicubic {beta['bicubic_psnr_y']:.2f})"
+            in result.stderr)
+    last = result.stdout.strip().splitlines()[-1]
+    assert last.startswith(f"wrote 5 frames to {out}/ in ")
+    assert last.endswith(f" s; metrics in {out / 'metrics.csv'} and {out / 'metrics.json'}")
+    result = run("--video", clip, "-m", tiny_model, "-o", work / "means.mp4", "--downscale_first",
+                 "--no-lpips", "--no-temporal_metrics", "--segment_frames", 2, "--no-gpu_mode")
+    assert result.returncode == 0, result.stderr
+    means = json.loads((work / "means_metrics.json").read_text())["clips"]["means"]
+    assert (f"mean PSNR-Y {means['psnr_y']:.2f} (bicubic {means['bicubic_psnr_y']:.2f})"
+            in result.stderr)
+
+
 def test_vid4_frames_with_a_residual_only_model_score_exactly_bicubic(shared_data, tmp_path):
     """A generator whose output layer is zero plus --residual is bicubic upsampling: on real
     Vid4 frames its scores must equal the bicubic column, which must look like bicubic x4."""
@@ -576,6 +653,7 @@ def test_torchrun_two_processes_give_what_one_gives(tiny_model, clip23, lossless
                       "--no-gpu_mode")
     assert result.returncode == 0, result.stderr
     assert "2 processes" in result.stderr and "timing the first 2 frames" in result.stderr
+    assert "| 23/23 [" in result.stderr  # rank 0's bar counts rank 1's frames too, to the end
     assert same_video(out, lossless_pair[1])
     # Resuming with 2 processes what one process left unfinished.
     out = work / "resumed_by_two.mp4"

@@ -21,6 +21,7 @@ import pytest
 import torch
 from PIL import Image
 
+import backbones
 import checkpoint
 import cli
 import generator
@@ -275,6 +276,26 @@ def test_no_gan_l1_trains_the_generator_alone(data2, tmp_path):
     assert card["training"]["precision"] == generator.choose_precision("auto", "cpu").precision
 
 
+@pytest.mark.skipif(not backbones.have_imagenet_weights("vgg16"),
+                    reason="the ImageNet VGG16 is not installed (make setup installs it)")
+@pytest.mark.parametrize("loss_flags", [[], ["--loss", "perceptual", "--no-gan"]],
+                         ids=["fourfold", "perceptual"])
+def test_vgg_losses_train_offline_with_the_imagenet_vgg(data2, tmp_path, capsys, loss_flags):
+    imagenet = [a for a in TINY if a != "--random_vgg"]  # no VGG flag at all
+    assert iSeeBetterTrain.main([*imagenet, "--data_dir", str(data2), "--save_folder",
+                                 str(tmp_path), "--nEpochs", "1", *loss_flags]) == 0
+    assert "perceptual loss: ImageNet VGG16 from " in capsys.readouterr().err
+    (row,) = rows(tmp_path)
+    assert float(row["PerceptualLoss"]) > 0
+    adversarial = not loss_flags
+    assert (row["AdversarialLoss"] != "") is adversarial and (row["DLoss"] != "") is adversarial
+    assert (tmp_path / "netD_epoch_4_1.pth").exists() is adversarial
+    if not adversarial:  # MSE + 0.006 VGG, nothing else
+        expected = float(row["ImageLoss"]) + 0.006 * float(row["PerceptualLoss"])
+        assert float(row["GLoss"]) == pytest.approx(expected, rel=1e-5)
+        assert row["TVLoss"] == ""
+
+
 def test_snapshot_model_card_records_config_and_training(trained):
     card = checkpoint.read_model_card(trained / "netG_epoch_4_1.pth")
     assert card["file"] == "netG_epoch_4_1.pth" and card["config"]["residual"] is False
@@ -358,6 +379,12 @@ def test_bad_flags_give_one_line_errors(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         f"error: --data_dir {tmp_path / 'missing'}: no such folder"]
+    result = subprocess.run([sys.executable, "iSeeBetterTrain.py", "--data_dir", str(tmp_path),
+                             "--nEpocks", "2"], cwd=ROOT, capture_output=True, text=True,
+                            env=subprocess_env())
+    assert result.returncode == 2  # one line, not the usage first
+    assert result.stderr.splitlines() == [
+        "error: unrecognized argument --nEpocks (did you mean --nEpochs?)"]
 
     def parse(*argv: str):
         return iSeeBetterTrain.parse_args(["--data_dir", str(tmp_path), *argv])
@@ -374,6 +401,7 @@ def test_bad_flags_give_one_line_errors(tmp_path):
         parse("--APITLoss", "--loss", "l1")
     with pytest.raises(cli.CLIError, match="--no-gan"):
         parse("--no-gan")
+    assert parse("--loss", "perceptual", "--no-gan").loss == "perceptual"
     with pytest.raises(cli.CLIError, match="--batchSize"):
         parse("--batchSize", "0")
     with pytest.raises(cli.CLIError, match="--lr"):
@@ -463,14 +491,16 @@ def test_statistics_history_is_kept(tmp_path):
 def test_bench_smoke():
     result = subprocess.run(
         [sys.executable, "bench/bench_train.py", "--tiny", "--iters", "1", "--warmup", "0",
-         "--batch_sizes", "1", "--patch_size", "16", "--precisions", "bf16", "--device", "cpu"],
+         "--batch_sizes", "1", "--patch_size", "16", "--precisions", "bf16", "--device", "cpu",
+         "--losses", "fourfold", "l1"],
         cwd=ROOT, capture_output=True, text=True, timeout=300, env=subprocess_env())
     assert result.returncode == 0, result.stderr[-3000:]
     lines = [line for line in result.stdout.splitlines() if line.startswith("| cpu")]
-    (line,) = lines
-    assert line.startswith("| cpu | bf16 | 1 | 16 |")
-    seconds, peak = (float(c) for c in line.strip("|").split("|")[4:6])
-    assert seconds > 0 and peak > 0
+    assert [line.split("|")[5].strip() for line in lines] == ["fourfold", "l1"]
+    for line in lines:
+        assert line.startswith("| cpu | bf16 | 1 | 16 |")
+        seconds, peak = (float(c) for c in line.strip("|").split("|")[5:7])
+        assert seconds > 0 and peak > 0
 
 
 # ----------------------------------------------------------------------------- a new user's run
@@ -518,11 +548,20 @@ def test_a_model_below_bicubic_is_reported_with_advice(data2, tmp_path, capsys):
 def test_more_loader_workers_than_cores_are_capped_with_one_note(data2, tmp_path, monkeypatch,
                                                                  capfd):
     monkeypatch.setattr(cli, "available_cores", lambda: 1)
-    assert run(data2, tmp_path, "--nEpochs", "1", "--loss", "l1", "--no-gan",
-               "--threads", "8") == 0
+    assert run(data2, tmp_path / "asked", "--nEpochs", "1", "--loss", "l1", "--no-gan",
+               "--threads", "3") == 0
     err = capfd.readouterr().err
-    assert err.count("note: --threads 8: this machine has 1 CPU cores; using 1 data loader") == 1
+    assert err.count("note: using 1 data loader worker (one per CPU core; --threads asks for "
+                     "3)\n") == 1
     assert "worker processes in total" not in err  # PyTorch's own three-line warning
+    # No --threads at all: the note does not quote the flag as if it had been given.
+    at = TINY.index("--threads")
+    assert iSeeBetterTrain.main([*TINY[:at], *TINY[at + 2:], "--data_dir", str(data2),
+                                 "--save_folder", str(tmp_path / "default"), "--nEpochs", "1",
+                                 "--loss", "l1", "--no-gan"]) == 0
+    err = capfd.readouterr().err
+    assert err.count("note: using 1 data loader worker (one per CPU core; --threads defaults "
+                     "to 8)\n") == 1
 
 
 def readme_train_commands() -> list[list[str]]:

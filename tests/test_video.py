@@ -156,8 +156,10 @@ def test_writer_reencodes_audio_the_container_cannot_take(tmp_path):
 def test_unreadable_and_missing_videos_are_named(tmp_path):
     bad = tmp_path / "broken.mp4"
     bad.write_bytes(b"this is not a video" * 10)
-    with pytest.raises(VideoError, match="broken.mp4"):
+    with pytest.raises(VideoError, match="broken.mp4") as err:
         VideoReader(bad)
+    # PyAV's "[Errno 1094995529] Invalid data ...: '<path>'" without the number and the path.
+    assert str(err.value) == f"cannot read video {bad}: invalid data found when processing input"
     with pytest.raises(VideoError, match="not found: .*missing.mp4"):
         VideoReader(tmp_path / "missing.mp4")
     sound_only = tmp_path / "sound.m4a"
@@ -322,3 +324,15 @@ def test_output_formats_are_checked_before_anything_is_written(tmp_path, monkeyp
                                          "--no-audio"):
         video.check_output_format(tmp_path / "a.264", "opus")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_error_reasons_lose_the_errno_and_the_repeated_path():
+    pyav = av.error.InvalidDataError(1094995529, "Invalid data found when processing input",
+                                     "x.mp4")
+    assert str(pyav) == ("[Errno 1094995529] Invalid data found when processing input: "
+                         "'x.mp4'")
+    assert video.reason(pyav) == "invalid data found when processing input"
+    assert video.reason(FileNotFoundError(2, "No such file or directory", "x.mp4")) == (
+        "no such file or directory")
+    assert video.reason(ValueError("H264 needs an even frame size")) == (
+        "H264 needs an even frame size")  # an acronym keeps its capitals
