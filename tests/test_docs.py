@@ -214,14 +214,45 @@ def test_readme_links_only_to_its_own_sections():
     assert links and links <= anchors, f"no such section: {sorted(links - anchors)}"
 
 
+def readme_section_blocks(heading: str) -> list[list[str]]:
+    """The ```bash blocks of README.md's "## <heading>" section, each as its command lines
+    (continuation lines joined, blank and comment-only lines dropped)."""
+    text = readme()
+    start = text.index(f"\n## {heading}\n")
+    end = text.find("\n## ", start + 1)
+    section = text[start:end if end != -1 else None]
+    found = [[line for line in block.replace("\\\n", " ").splitlines()
+              if shlex.split(line, comments=True)]
+             for block in re.findall(r"^```bash\n(.*?)^```", section, re.M | re.S)]
+    assert found, f'README\'s "{heading}" has no bash block'
+    return found
+
+
 def readme_upscale_commands() -> list[list[str]]:
     """The commands of the first ```bash block of README.md's "## Upscale a video" section."""
-    text = readme()
-    section = text[text.index("\n## Upscale a video\n"):]
-    block = re.search(r"^```bash\n(.*?)^```", section, re.M | re.S)
-    assert block, 'README\'s "Upscale a video" has no bash block'
-    return [words for line in block[1].replace("\\\n", " ").splitlines()
-            if (words := shlex.split(line, comments=True))]
+    return [shlex.split(line, comments=True)
+            for line in readme_section_blocks("Upscale a video")[0]]
+
+
+def save_tiny_model(path: Path) -> Path:
+    """A tiny x4 RBPN (3 frames), saved as the scripts load weights."""
+    import torch
+
+    import checkpoint
+    import rbpn
+
+    torch.manual_seed(0)
+    checkpoint.save_weights(rbpn.Net(base_filter=8, feat=8, n_resblock=1, nFrames=3,
+                                     scale_factor=4).state_dict(), path)
+    return path
+
+
+def with_model(args: list[str], model: Path) -> list[str]:
+    """``args`` with the ``-m``/``--model`` value replaced by ``model`` (appended if none)."""
+    at = next((i for i, a in enumerate(args) if a in ("-m", "--model")), None)
+    if at is None:
+        return [*args, "-m", str(model)]
+    return [*args[:at + 1], str(model), *args[at + 2:]]
 
 
 def expected_outputs(args: argparse.Namespace, inputs: list[str]) -> list[str]:
@@ -241,19 +272,12 @@ def test_readme_upscale_commands_run_as_written(tmp_path):
     inputs they name: each exits 0 and writes the output README promises; the repeated
     command ("killed? the same command resumes") finds its output finished. torchrun runs
     two processes, not four (two cores here)."""
-    import torch
-
-    import checkpoint
-    import rbpn
     from iSeeBetterTest import build_parser
     from tests.test_video import write_clip
 
     commands = readme_upscale_commands()
     assert commands and all("iSeeBetterTest.py" in words for words in commands)
-    torch.manual_seed(0)
-    tiny = tmp_path / "tiny_x4.pth"
-    checkpoint.save_weights(rbpn.Net(base_filter=8, feat=8, n_resblock=1, nFrames=3,
-                                     scale_factor=4).state_dict(), tiny)
+    tiny = save_tiny_model(tmp_path / "tiny_x4.pth")
     work = tmp_path / "work"
     work.mkdir()
     parser = build_parser()
@@ -276,12 +300,7 @@ def test_readme_upscale_commands_run_as_written(tmp_path):
         if not resumed:  # an earlier command's output would be skipped, not written
             for out in outputs:
                 out.unlink(missing_ok=True)
-        model = next((i for i, a in enumerate(args) if a in ("-m", "--model")), None)
-        if model is None:
-            args = [*args, "-m", str(tiny)]
-        else:
-            args = [*args[:model + 1], str(tiny), *args[model + 2:]]
-        args += ["--max_frames", "2", "--no-gpu_mode"]  # argparse: the last one counts
+        args = [*with_model(args, tiny), "--max_frames", "2", "--no-gpu_mode"]  # last counts
         if words[0] == "python":
             launcher = [sys.executable]
         else:
@@ -299,3 +318,67 @@ def test_readme_upscale_commands_run_as_written(tmp_path):
         if resumed:
             assert "exists, skipping" in result.stdout, f"{command}: {result.stdout}"
         previous = words
+
+
+VID4_CLIPS = ("calendar", "city", "foliage", "walk")
+
+
+def write_vid4_like(root: Path, frames: int = 3, width: int = 64, height: int = 48) -> None:
+    """A tiny Vid4 layout: each clip's <clip>/NNN.png (a random texture shifted per frame)
+    and its list <clip>.txt."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for clip in VID4_CLIPS:
+        base = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+        (root / clip).mkdir(parents=True)
+        names = [f"{clip}/{i:03d}.png" for i in range(1, frames + 1)]
+        for i, name in enumerate(names, 1):
+            Image.fromarray(np.roll(base, 2 * i, axis=1)).save(root / name)
+        (root / f"{clip}.txt").write_text("\n".join(names) + "\n")
+
+
+@pytest.mark.slow
+def test_readme_evaluate_commands_run_as_written(tmp_path):
+    """README's "Evaluate on Vid4" blocks, as written, in a working folder whose ../shared
+    holds a tiny Vid4 (four clips of three 64x48 frames), with a tiny model for -m and the CPU:
+    the cat line runs in bash, $PWD is the working folder; each python command exits 0 and
+    writes metrics.json (PSNR-Y, LPIPS and, from each clip's second frame, tLP for every
+    listed frame) and the --compare crop."""
+    import json
+
+    from iSeeBetterTest import build_parser
+
+    blocks_ = readme_section_blocks("Evaluate on Vid4")
+    assert len(blocks_) == 2, f"README's Evaluate on Vid4 has {len(blocks_)} bash blocks"
+    write_vid4_like(tmp_path / "shared" / "data" / "Vid4")
+    tiny = save_tiny_model(tmp_path / "tiny_x4.pth")
+    work = tmp_path / "work"
+    work.mkdir()
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    parser = build_parser()
+    expected_frames = [3, 3 * len(VID4_CLIPS)]  # calendar alone, then all four clips
+    for block, frames in zip(blocks_, expected_frames, strict=True):
+        for line in block:
+            words = shlex.split(line, comments=True)
+            if words[0] == "cat":  # brace expansion: bash, as a reader's shell would run it
+                result = subprocess.run(["bash", "-c", line], cwd=work, env=env,
+                                        capture_output=True, text=True, timeout=60)
+                assert result.returncode == 0, f"{line}: {result.stderr}"
+                continue
+            assert words[:2] == ["python", "iSeeBetterTest.py"], f"README runs {line}"
+            args = [word.replace("$PWD", str(work)) for word in words[2:]]
+            args = [*with_model(args, tiny), "--no-gpu_mode"]
+            result = subprocess.run([sys.executable, str(ROOT / "iSeeBetterTest.py"), *args],
+                                    cwd=work, env=env, capture_output=True, text=True,
+                                    timeout=300)
+            assert result.returncode == 0, f"{line}: {result.stderr[-2000:]}"
+            out = work / parser.parse_args(args).output
+            report = json.loads((out / "metrics.json").read_text())
+            rows = report["frames"]
+            assert len(rows) == frames, f"{line}: {len(rows)} frames scored"
+            assert all("psnr_y" in row and "lpips" in row for row in rows), line
+            assert [("tlp" in row) for row in rows] == [
+                row["frame"] != "001" for row in rows], line
+            assert (out / "calendar_compare.png").is_file(), f"{line}: no --compare crop"
