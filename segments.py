@@ -156,15 +156,6 @@ def output_ticks(timestamps: Sequence[int], trim_start: bool) -> list[int]:
 # Fingerprints
 
 
-def sha256(path: str | os.PathLike) -> str:
-    """The SHA-256 of a whole file (the weights)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def fingerprint(path: str | os.PathLike, samples: int = 64, block: int = 1 << 16) -> dict:
     """The identity of an input video: its size and the SHA-256 of ``samples`` blocks spread
     evenly over it (the whole file when smaller), so a long video is recognised in a moment,

@@ -17,6 +17,7 @@ import av
 import numpy as np
 import pytest
 
+import checkpoint
 import segments
 import video
 from ranks import Ranks
@@ -128,7 +129,7 @@ def test_fingerprint_sees_a_change_but_not_a_copy(tmp_path):
     assert segments.fingerprint(small)["bytes"] == 1000
     assert segments.fingerprint(small)["sampled_sha256"] == hashlib.sha256(b"x" * 1000).hexdigest()
     big_digest = hashlib.sha256(big.read_bytes()).hexdigest()  # the weights: read whole
-    assert segments.sha256(big) == big_digest and segments.sha256(copy) != big_digest
+    assert checkpoint.sha256(big) == big_digest and checkpoint.sha256(copy) != big_digest
 
 
 def test_segments_joined_equal_one_segment_with_timestamps_and_audio(clip, tmp_path):
