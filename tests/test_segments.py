@@ -320,11 +320,14 @@ def test_restart_starts_over_and_leaves_no_folder(clip, tmp_path):
 
 
 def hold_lock(folder: Path) -> subprocess.Popen:
-    """Another process holding the work folder's lock, as a run does (until killed)."""
+    """Another process holding the work folder's lock, as a run does (until killed): the file
+    truncated before its pid is written, or a longer pid left there by an earlier run would
+    show through."""
     holder = subprocess.Popen(
         [sys.executable, "-c", "import fcntl, os, sys\n"
          f"fd = os.open({str(folder / segments.LOCK)!r}, os.O_RDWR | os.O_CREAT)\n"
-         "fcntl.flock(fd, fcntl.LOCK_EX)\nos.write(fd, b'%d\\n' % os.getpid())\n"
+         "fcntl.flock(fd, fcntl.LOCK_EX)\nos.ftruncate(fd, 0)\n"
+         "os.write(fd, b'%d\\n' % os.getpid())\n"
          "print('locked', flush=True)\nsys.stdin.read()"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline() == "locked\n"
